@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs. Installs OS tools, then lint, tests, bench and fuzz builds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo clippy --no-default-features --lib -- -D warnings
+cargo bench --no-run
+(cd fuzz && cargo build --bins)
+cargo test 2>&1 | tee target/test-output.txt
+# cargo test prints one "test result:" per binary; print the grand total as the closing line.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt

@@ -1,0 +1,1 @@
+//! Cloud images: format checks, qemu-img hygiene and conversion, URL download.

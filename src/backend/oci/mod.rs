@@ -1,0 +1,1 @@
+//! OCI images: registry client, layer to EROFS conversion, boot files.

@@ -1,0 +1,1 @@
+//! Filesystem mutations: no-clobber publish, atomic writes, removal, directory fsync. The only module that renames or deletes.

@@ -1,0 +1,216 @@
+//! The index file schema (DESIGN.md §3), field for field as cocoon v0.3.7 writes it, plus the
+//! fields imgstore adds. Unknown fields are kept in `extra` so a rewrite never drops them.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::digest::{Digest, Sums};
+
+/// Anything that can be an index entry.
+pub trait Entry: Serialize + DeserializeOwned + Clone {
+    /// The reference the entry was stored under (`ref`).
+    fn reference(&self) -> &str;
+    /// The image ID: manifest digest (oci) or content sum (cloudimg).
+    fn id(&self) -> Digest;
+}
+
+/// A whole `images.json`: `{"images": {"<ref>": <entry> | null, ...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(bound = "E: Entry")]
+pub struct IndexFile<E> {
+    /// Entries by key (the ref as typed). `None` is a `null` entry: skipped, but kept on rewrite.
+    #[serde(default)]
+    pub images: BTreeMap<String, Option<E>>,
+    /// Top-level fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl<E> Default for IndexFile<E> {
+    fn default() -> Self {
+        Self {
+            images: BTreeMap::new(),
+            extra: Map::new(),
+        }
+    }
+}
+
+impl<E: Entry> IndexFile<E> {
+    /// Present (non-null) entries with their keys.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &E)> {
+        self.images
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|e| (k.as_str(), e)))
+    }
+
+    /// The entry under exactly `key`, if present and not null.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&E> {
+        self.images.get(key).and_then(Option::as_ref)
+    }
+}
+
+/// One layer of an oci image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LayerEntry {
+    /// sha256 of the compressed layer: the blob's key (`blobs/<hex>.erofs`).
+    pub digest: Digest,
+    /// imgstore: sums of the stored EROFS blob. Absent in cocoon-written entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<Sums>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// An oci image entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OciEntry {
+    /// The reference as stored (cocoon keeps what the user typed).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Digest of the image manifest: the image ID.
+    pub manifest_digest: Digest,
+    /// Layers, base first.
+    pub layers: Vec<LayerEntry>,
+    /// Layer whose boot dir holds `vmlinuz`.
+    pub kernel_layer: Digest,
+    /// Layer whose boot dir holds `initrd.img`.
+    pub initrd_layer: Digest,
+    /// Total bytes of the stored blobs.
+    pub size: u64,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// imgstore: sums of the stored kernel file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Sums>,
+    /// imgstore: sums of the stored initrd file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<Sums>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Entry for OciEntry {
+    fn reference(&self) -> &str {
+        &self.reference
+    }
+    fn id(&self) -> Digest {
+        self.manifest_digest
+    }
+}
+
+/// A cloud image entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CloudEntry {
+    /// The URL it was pulled from, or the import name.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// sha256 of the source bytes: the image ID and the blob's key (`blobs/<hex>.qcow2`).
+    pub content_sum: Digest,
+    /// Size of the stored blob in bytes.
+    pub size: u64,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// imgstore: sums of the stored qcow2 blob (differs from `content_sum` after conversion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<Sums>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Entry for CloudEntry {
+    fn reference(&self) -> &str {
+        &self.reference
+    }
+    fn id(&self) -> Digest {
+        self.content_sum
+    }
+}
+
+/// The current time in RFC 3339 with nanoseconds, UTC (`2026-04-21T09:14:03.512883417Z`).
+#[must_use]
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339_utc(now.as_secs(), now.subsec_nanos())
+}
+
+/// Format seconds since the epoch (UTC) as RFC 3339 with nanoseconds.
+#[must_use]
+pub fn rfc3339_utc(secs: u64, nanos: u32) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil-from-days (proleptic Gregorian), valid for every u64 day count we can meet.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339_utc(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_utc(1_709_251_199, 5),
+            "2024-02-29T23:59:59.000000005Z"
+        );
+        assert_eq!(
+            rfc3339_utc(951_782_400, 0),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+
+    #[test]
+    fn cocoon_fixtures_parse_and_round_trip() {
+        let root = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/cocoon-v0.3.7"
+        );
+        let Ok(oci) = std::fs::read_to_string(format!("{root}/oci/db/images.json")) else {
+            // The fixtures live beside the repository; tests/it checks them too.
+            return;
+        };
+        let idx: IndexFile<OciEntry> = serde_json::from_str(&oci).unwrap();
+        assert_eq!(idx.entries().count(), 2);
+        let out = serde_json::to_string(&idx).unwrap() + "\n";
+        assert_eq!(
+            out, oci,
+            "an untouched cocoon oci index re-serializes byte for byte"
+        );
+        let cloud = std::fs::read_to_string(format!("{root}/cloudimg/db/images.json")).unwrap();
+        let idx: IndexFile<CloudEntry> = serde_json::from_str(&cloud).unwrap();
+        assert_eq!(idx.entries().count(), 2);
+        assert!(idx.images.contains_key("stale"));
+        let out = serde_json::to_string(&idx).unwrap() + "\n";
+        assert_eq!(out, cloud);
+    }
+
+    #[test]
+    fn unknown_fields_survive() {
+        let json = r#"{"images":{"a":{"ref":"a","content_sum":"sha256:68eb4dd9bf894f6eb07654d30a42f95b957e1036a87a996d443a5684c87afc46","size":1,"created_at":"x","future":{"k":[1,2]}}},"version":7}"#;
+        let idx: IndexFile<CloudEntry> = serde_json::from_str(json).unwrap();
+        let out = serde_json::to_string(&idx).unwrap();
+        assert_eq!(out, json);
+    }
+}

@@ -1,0 +1,1 @@
+//! Digest-prefix table and canonical-reference map over index entries; never reads files.

@@ -1,0 +1,1 @@
+//! Hashing of stored blobs through a read-only mmap; the crate's only unsafe code.

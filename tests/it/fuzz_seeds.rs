@@ -1,0 +1,29 @@
+//! The fuzz targets' committed seed corpora, run as ordinary tests so CI needs no nightly.
+
+use std::path::PathBuf;
+
+fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds")
+        .join(target);
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| {
+            let p = e.unwrap().path();
+            let data = std::fs::read(&p).unwrap();
+            (p, data)
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no seeds in {}", dir.display());
+    out
+}
+
+#[test]
+fn digest_seeds() {
+    for (_, data) in seeds("digest") {
+        if let Ok(s) = std::str::from_utf8(&data) {
+            imgstore::digest::fuzz_check(s);
+        }
+    }
+}

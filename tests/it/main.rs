@@ -1,0 +1,3 @@
+//! Integration tests: real files, real tools, real processes.
+
+mod fuzz_seeds;
