@@ -37,7 +37,7 @@ impl Algorithm {
 
     /// Length of the digest in bytes.
     #[must_use]
-    pub const fn len(self) -> usize {
+    pub const fn byte_len(self) -> usize {
         match self {
             Self::Sha256 | Self::Blake3 => 32,
             Self::Sha512 => 64,
@@ -47,7 +47,7 @@ impl Algorithm {
     /// Length of the encoded (hex) part of the text form.
     #[must_use]
     pub const fn hex_len(self) -> usize {
-        self.len() * 2
+        self.byte_len() * 2
     }
 
     fn from_name(name: &str) -> Option<Self> {
@@ -134,7 +134,7 @@ impl Digest {
     /// A digest from raw bytes; `None` if the length does not fit the algorithm.
     #[must_use]
     pub fn from_bytes(algorithm: Algorithm, bytes: &[u8]) -> Option<Self> {
-        (bytes.len() == algorithm.len()).then(|| Self::from_slice(algorithm, bytes))
+        (bytes.len() == algorithm.byte_len()).then(|| Self::from_slice(algorithm, bytes))
     }
 
     fn from_slice(algorithm: Algorithm, bytes: &[u8]) -> Self {
@@ -180,7 +180,7 @@ impl Digest {
     /// The digest bytes (32 or 64 of them).
     #[must_use]
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.algorithm.len()]
+        &self.bytes[..self.algorithm.byte_len()]
     }
 
     /// The first 32 bytes; for sha256 and blake3 that is the whole digest.
@@ -367,6 +367,26 @@ impl DualHasher {
     }
 }
 
+/// The property the digest fuzz target and its seed-corpus test check: parsing never panics,
+/// and a parsed digest or prefix prints back to text that parses to the same value.
+#[doc(hidden)]
+pub fn fuzz_check(s: &str) {
+    if let Ok(d) = Digest::parse(s) {
+        let text = d.to_string();
+        assert_eq!(Digest::parse(&text).ok(), Some(d), "round trip of {s:?}");
+        if s.contains(':') {
+            assert_eq!(text, s, "text form is canonical");
+        }
+    }
+    if let Ok(p) = Prefix::parse(s) {
+        assert_eq!(
+            Prefix::parse(&p.to_string()).ok(),
+            Some(p),
+            "prefix round trip of {s:?}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,7 +420,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        let cases: &[(&str, fn(&Error) -> bool)] = &[
+        type Check = fn(&Error) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, Error::Empty)),
             (":", |e| matches!(e, Error::EmptyAlgorithm(_))),
             ("sha256:", |e| matches!(e, Error::EmptyEncoded(_))),
@@ -471,25 +492,5 @@ mod tests {
         assert!(is_hex64(HEX));
         assert!(!is_hex64(&HEX[..63]));
         assert!(!is_hex64(&HEX.to_uppercase()));
-    }
-}
-
-/// The property the digest fuzz target and its seed-corpus test check: parsing never panics,
-/// and a parsed digest or prefix prints back to text that parses to the same value.
-#[doc(hidden)]
-pub fn fuzz_check(s: &str) {
-    if let Ok(d) = Digest::parse(s) {
-        let text = d.to_string();
-        assert_eq!(Digest::parse(&text).ok(), Some(d), "round trip of {s:?}");
-        if s.contains(':') {
-            assert_eq!(text, s, "text form is canonical");
-        }
-    }
-    if let Ok(p) = Prefix::parse(s) {
-        assert_eq!(
-            Prefix::parse(&p.to_string()).ok(),
-            Some(p),
-            "prefix round trip of {s:?}"
-        );
     }
 }

@@ -1,1 +1,341 @@
-//! Filesystem mutations: no-clobber publish, atomic writes, removal, directory fsync. The only module that renames or deletes.
+//! Filesystem mutations: no-clobber publish, atomic durable writes, removal, directory fsync, and
+//! self-deleting temp files. This is the only module that renames or deletes anything in a store;
+//! it knows nothing of digests, indexes or locks.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+
+/// A filesystem operation that failed, with what was being done and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("creating directory", "renaming temp file into blobs/", ...).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// The underlying I/O error.
+    #[must_use]
+    pub fn io(&self) -> &io::Error {
+        match self {
+            Error::Io { source, .. } => source,
+        }
+    }
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Mode of directories imgstore creates.
+pub const DIR_MODE: u32 = 0o750;
+/// Mode of published blobs and boot files: read-only, never rewritten.
+pub const BLOB_MODE: u32 = 0o444;
+
+/// Create `dir` and its missing parents with mode 0750.
+pub fn create_dir_all(dir: &Path) -> Result<(), Error> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io_err("creating directory", dir))
+}
+
+/// fsync a directory, making renames and unlinks inside it durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Outcome of [`publish_noclobber`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// `src` was moved to `dest`.
+    New,
+    /// `dest` already existed and was left alone; `src` is still in place for the caller to drop.
+    Existing,
+}
+
+/// Make `src` read-only and move it to `dest` unless `dest` exists, then fsync `dest`'s directory.
+///
+/// Uses `renameat2(RENAME_NOREPLACE)`, falling back to link + unlink on filesystems without it;
+/// either way an existing `dest` is never replaced.
+pub fn publish_noclobber(src: &Path, dest: &Path) -> Result<Published, Error> {
+    fs::set_permissions(src, fs::Permissions::from_mode(BLOB_MODE))
+        .map_err(io_err("making read-only", src))?;
+    let published = match renameat2(AT_FDCWD, src, AT_FDCWD, dest, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Published::New,
+        Err(Errno::EEXIST) => Published::Existing,
+        Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => match fs::hard_link(src, dest) {
+            Ok(()) => {
+                remove_file(src)?;
+                Published::New
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Published::Existing,
+            Err(e) => return Err(io_err("linking into place", dest)(e)),
+        },
+        Err(errno) => return Err(io_err("renaming into place", dest)(errno.into())),
+    };
+    if published == Published::New {
+        fsync_dir(parent(dest))?;
+    }
+    Ok(published)
+}
+
+/// Replace `path` with `bytes` atomically and durably: write a temp file beside it, fsync it,
+/// rename it over `path`, fsync the directory. Readers see the old or the new content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    let dir = parent(path);
+    let stem = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let mut tmp = TempFile::create_in(dir, &format!(".{stem}"))?;
+    tmp.file()
+        .write_all(bytes)
+        .map_err(io_err("writing", tmp.path()))?;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting mode of", tmp.path()))?;
+    tmp.sync()?;
+    fs::rename(tmp.path(), path).map_err(io_err("renaming temp file over", path))?;
+    tmp.forget();
+    fsync_dir(dir)
+}
+
+/// Point `link` at the same inode as `target`, replacing whatever `link` was (atomic, durable).
+pub fn link_replace(target: &Path, link: &Path) -> Result<(), Error> {
+    let dir = parent(link);
+    let tmp = TempFile::reserve_name(dir, ".link");
+    fs::hard_link(target, &tmp).map_err(io_err("linking", target))?;
+    if let Err(e) = fs::rename(&tmp, link) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("renaming link over", link)(e));
+    }
+    fsync_dir(dir)
+}
+
+/// Remove a file; `Ok(false)` if it was already gone.
+pub fn remove_file(path: &Path) -> Result<bool, Error> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("removing", path)(e)),
+    }
+}
+
+/// Remove a directory tree; `Ok(false)` if it was already gone.
+pub fn remove_dir_all(path: &Path) -> Result<bool, Error> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("removing directory", path)(e)),
+    }
+}
+
+/// Remove a file or a directory tree, whichever `path` is; `Ok(false)` if it was already gone.
+pub fn remove_any(path: &Path) -> Result<bool, Error> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => remove_dir_all(path),
+        Ok(_) => remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("inspecting", path)(e)),
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A file under a work directory that deletes itself when dropped, unless [`TempFile::persist`]
+/// or [`TempFile::forget`] was called. Names are `<prefix>.<pid>.<n>.tmp`, created with
+/// `O_EXCL` and mode 0600, so two processes never share one.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    fn reserve_name(dir: &Path, prefix: &str) -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        dir.join(format!("{prefix}.{}.{n}.{nanos:x}.tmp", std::process::id()))
+    }
+
+    /// Create a new, empty temp file in `dir` (which must exist).
+    pub fn create_in(dir: &Path, prefix: &str) -> Result<Self, Error> {
+        let path = Self::reserve_name(dir, prefix);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("creating temp file", &path))?;
+        Ok(Self {
+            path,
+            file: Some(file),
+        })
+    }
+
+    /// A temp path in `dir` that is removed on drop, for tools that create the file themselves
+    /// (e.g. `qemu-img convert`). Nothing is created now.
+    #[must_use]
+    pub fn path_in(dir: &Path, prefix: &str) -> Self {
+        Self {
+            path: Self::reserve_name(dir, prefix),
+            file: None,
+        }
+    }
+
+    /// Where the file is.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file (panics only if created by [`TempFile::path_in`], a programming error).
+    pub fn file(&mut self) -> &mut File {
+        self.file
+            .as_mut()
+            .expect("TempFile::file on a path-only temp file")
+    }
+
+    /// fsync the file's data and metadata.
+    pub fn sync(&self) -> Result<(), Error> {
+        match &self.file {
+            Some(f) => f.sync_all().map_err(io_err("syncing", &self.path)),
+            None => File::open(&self.path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("syncing", &self.path)),
+        }
+    }
+
+    /// Keep the file: it is no longer deleted on drop. Returns its path.
+    #[must_use]
+    pub fn persist(mut self) -> PathBuf {
+        self.file = None;
+        let path = std::mem::take(&mut self.path);
+        std::mem::forget(self);
+        path
+    }
+
+    /// Stop tracking the file (it was renamed away).
+    pub fn forget(mut self) {
+        self.file = None;
+        self.path = PathBuf::new();
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        self.file = None;
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_never_clobbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("blob");
+        let mut a = TempFile::create_in(dir.path(), "a").unwrap();
+        a.file().write_all(b"first").unwrap();
+        assert_eq!(publish_noclobber(a.path(), &dest).unwrap(), Published::New);
+        a.forget();
+        let mut b = TempFile::create_in(dir.path(), "b").unwrap();
+        b.file().write_all(b"second").unwrap();
+        assert_eq!(
+            publish_noclobber(b.path(), &dest).unwrap(),
+            Published::Existing
+        );
+        let b_path = b.path().to_path_buf();
+        drop(b);
+        assert!(!b_path.exists(), "dropped temp file is removed");
+        assert_eq!(fs::read(&dest).unwrap(), b"first");
+        let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, BLOB_MODE);
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("images.json");
+        write_atomic(&p, b"one", 0o644).unwrap();
+        write_atomic(&p, b"two", 0o644).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only the target remains");
+    }
+
+    #[test]
+    fn temp_file_removed_on_drop_kept_on_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TempFile::create_in(dir.path(), "x").unwrap();
+        let p = t.path().to_path_buf();
+        assert!(p.exists());
+        drop(t);
+        assert!(!p.exists());
+        let t = TempFile::create_in(dir.path(), "y").unwrap();
+        let kept = t.persist();
+        assert!(kept.exists());
+    }
+
+    #[test]
+    fn remove_reports_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        fs::write(&p, b"x").unwrap();
+        assert!(remove_file(&p).unwrap());
+        assert!(!remove_file(&p).unwrap());
+        let d = dir.path().join("d/e");
+        create_dir_all(&d).unwrap();
+        assert!(remove_any(&dir.path().join("d")).unwrap());
+        assert!(!remove_any(&dir.path().join("d")).unwrap());
+    }
+
+    #[test]
+    fn link_replace_points_at_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("a.bak");
+        fs::write(&a, b"v1").unwrap();
+        link_replace(&a, &b).unwrap();
+        fs::write(dir.path().join("a2"), b"v2").unwrap();
+        fs::rename(dir.path().join("a2"), &a).unwrap();
+        assert_eq!(fs::read(&b).unwrap(), b"v1");
+        link_replace(&a, &b).unwrap();
+        assert_eq!(fs::read(&b).unwrap(), b"v2");
+    }
+}

@@ -147,7 +147,7 @@ pub fn rfc3339_utc(secs: u64, nanos: u32) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     // Civil-from-days (proleptic Gregorian), valid for every u64 day count we can meet.
-    let z = days as i64 + 719_468;
+    let z = days.cast_signed() + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
