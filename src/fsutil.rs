@@ -173,6 +173,9 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A file under a work directory that deletes itself when dropped, unless [`TempFile::persist`]
 /// or [`TempFile::forget`] was called. Names are `<prefix>.<pid>.<n>.tmp`, created with
 /// `O_EXCL` and mode 0600, so two processes never share one.
+///
+/// While it lives, the file is held under an exclusive `flock`: garbage collection try-locks a
+/// temp entry before removing it, so work in flight is never swept, however old it looks.
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
@@ -198,20 +201,18 @@ impl TempFile {
             .mode(0o600)
             .open(&path)
             .map_err(io_err("creating temp file", &path))?;
+        // A fresh inode nobody else has opened: this cannot be contended.
+        let _ = file.try_lock();
         Ok(Self {
             path,
             file: Some(file),
         })
     }
 
-    /// A temp path in `dir` that is removed on drop, for tools that create the file themselves
-    /// (e.g. `qemu-img convert`). Nothing is created now.
-    #[must_use]
-    pub fn path_in(dir: &Path, prefix: &str) -> Self {
-        Self {
-            path: Self::reserve_name(dir, prefix),
-            file: None,
-        }
+    /// A temp file for a tool to overwrite (e.g. `qemu-img convert`): created empty and held
+    /// like any other, removed on drop.
+    pub fn path_in(dir: &Path, prefix: &str) -> Result<Self, Error> {
+        Self::create_in(dir, prefix)
     }
 
     /// Where the file is.
@@ -220,11 +221,12 @@ impl TempFile {
         &self.path
     }
 
-    /// The open file (panics only if created by [`TempFile::path_in`], a programming error).
+    /// The open file (panics only after [`TempFile::persist`] or [`TempFile::forget`], which
+    /// consume it, so never).
     pub fn file(&mut self) -> &mut File {
         self.file
             .as_mut()
-            .expect("TempFile::file on a path-only temp file")
+            .expect("TempFile always holds its file until consumed")
     }
 
     /// fsync the file's data and metadata.
@@ -251,6 +253,47 @@ impl TempFile {
         self.file = None;
         self.path = PathBuf::new();
     }
+}
+
+/// A directory under a work directory, held under `flock` like [`TempFile`], removed with its
+/// contents when dropped.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+    _hold: File,
+}
+
+impl TempDir {
+    /// Create a new directory in `dir` (which must exist).
+    pub fn create_in(dir: &Path, prefix: &str) -> Result<Self, Error> {
+        let path = TempFile::reserve_name(dir, prefix);
+        fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&path)
+            .map_err(io_err("creating temp directory", &path))?;
+        let hold = File::open(&path).map_err(io_err("opening temp directory", &path))?;
+        let _ = hold.try_lock();
+        Ok(Self { path, _hold: hold })
+    }
+
+    /// Where the directory is.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// True if another live handle holds the `flock` of `path` (a [`TempFile`] or [`TempDir`] in
+/// use, or any held lock file). A path that cannot be opened is not in use.
+#[must_use]
+pub fn is_held(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)))
 }
 
 impl Drop for TempFile {
@@ -310,6 +353,23 @@ mod tests {
         let t = TempFile::create_in(dir.path(), "y").unwrap();
         let kept = t.persist();
         assert!(kept.exists());
+    }
+
+    #[test]
+    fn temp_entries_are_held_while_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = TempFile::create_in(dir.path(), "f").unwrap();
+        let d = TempDir::create_in(dir.path(), "d").unwrap();
+        fs::write(d.path().join("inner"), b"x").unwrap();
+        assert!(is_held(f.path()));
+        assert!(is_held(d.path()));
+        let (fp, dp) = (f.path().to_path_buf(), d.path().to_path_buf());
+        drop(f);
+        drop(d);
+        assert!(!fp.exists() && !dp.exists());
+        let loose = dir.path().join("loose");
+        fs::write(&loose, b"x").unwrap();
+        assert!(!is_held(&loose));
     }
 
     #[test]
