@@ -170,6 +170,29 @@ pub fn remove_any(path: &Path) -> Result<bool, Error> {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Temp files and dirs alive in this process, so an interrupt handler can remove them.
+static LIVE: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+
+fn track(path: &Path) {
+    LIVE.lock().push(path.to_path_buf());
+}
+
+fn untrack(path: &Path) {
+    let mut live = LIVE.lock();
+    if let Some(i) = live.iter().rposition(|p| p == path) {
+        live.swap_remove(i);
+    }
+}
+
+/// Remove every temp file and dir this process still holds. For interrupt handlers: the process
+/// is about to exit without running destructors.
+pub fn remove_live_temps() {
+    let live = std::mem::take(&mut *LIVE.lock());
+    for p in live {
+        let _ = remove_any(&p);
+    }
+}
+
 /// A file under a work directory that deletes itself when dropped, unless [`TempFile::persist`]
 /// or [`TempFile::forget`] was called. Names are `<prefix>.<pid>.<n>.tmp`, created with
 /// `O_EXCL` and mode 0600, so two processes never share one.
@@ -203,6 +226,7 @@ impl TempFile {
             .map_err(io_err("creating temp file", &path))?;
         // A fresh inode nobody else has opened: this cannot be contended.
         let _ = file.try_lock();
+        track(&path);
         Ok(Self {
             path,
             file: Some(file),
@@ -242,6 +266,7 @@ impl TempFile {
     /// Keep the file: it is no longer deleted on drop. Returns its path.
     #[must_use]
     pub fn persist(mut self) -> PathBuf {
+        untrack(&self.path);
         self.file = None;
         let path = std::mem::take(&mut self.path);
         std::mem::forget(self);
@@ -250,6 +275,7 @@ impl TempFile {
 
     /// Stop tracking the file (it was renamed away).
     pub fn forget(mut self) {
+        untrack(&self.path);
         self.file = None;
         self.path = PathBuf::new();
     }
@@ -271,6 +297,7 @@ impl TempDir {
             .mode(DIR_MODE)
             .create(&path)
             .map_err(io_err("creating temp directory", &path))?;
+        track(&path);
         let hold = File::open(&path).map_err(io_err("opening temp directory", &path))?;
         let _ = hold.try_lock();
         Ok(Self { path, _hold: hold })
@@ -285,6 +312,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        untrack(&self.path);
         let _ = fs::remove_dir_all(&self.path);
     }
 }
@@ -300,6 +328,7 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         self.file = None;
         if !self.path.as_os_str().is_empty() {
+            untrack(&self.path);
             let _ = fs::remove_file(&self.path);
         }
     }
@@ -370,6 +399,18 @@ mod tests {
         let loose = dir.path().join("loose");
         fs::write(&loose, b"x").unwrap();
         assert!(!is_held(&loose));
+    }
+
+    #[test]
+    fn live_temps_are_removed_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = TempFile::create_in(dir.path(), "live").unwrap();
+        let kept = TempFile::create_in(dir.path(), "kept").unwrap().persist();
+        let p = f.path().to_path_buf();
+        std::mem::forget(f); // as if the process were interrupted
+        remove_live_temps();
+        assert!(!p.exists());
+        assert!(kept.exists(), "persisted files are not temp any more");
     }
 
     #[test]
