@@ -402,18 +402,6 @@ mod tests {
     }
 
     #[test]
-    fn live_temps_are_removed_on_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = TempFile::create_in(dir.path(), "live").unwrap();
-        let kept = TempFile::create_in(dir.path(), "kept").unwrap().persist();
-        let p = f.path().to_path_buf();
-        std::mem::forget(f); // as if the process were interrupted
-        remove_live_temps();
-        assert!(!p.exists());
-        assert!(kept.exists(), "persisted files are not temp any more");
-    }
-
-    #[test]
     fn remove_reports_absence() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
