@@ -109,6 +109,53 @@ pub fn publish_noclobber(src: &Path, dest: &Path) -> Result<Published, Error> {
     Ok(published)
 }
 
+/// Publish a finished temp directory (e.g. a layer's boot files) at `dest` unless something is
+/// already there: its files are made read-only and fsynced, then the directory is renamed into
+/// place without replacing anything, and `dest`'s parent is fsynced.
+pub fn publish_dir_noclobber(dir: TempDir, dest: &Path) -> Result<Published, Error> {
+    for entry in fs::read_dir(dir.path()).map_err(io_err("listing", dir.path()))? {
+        let entry = entry.map_err(io_err("listing", dir.path()))?;
+        let p = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            fs::set_permissions(&p, fs::Permissions::from_mode(BLOB_MODE))
+                .map_err(io_err("making read-only", &p))?;
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("syncing", &p))?;
+        }
+    }
+    fsync_dir(dir.path())?;
+    match renameat2(
+        AT_FDCWD,
+        dir.path(),
+        AT_FDCWD,
+        dest,
+        RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => {
+            dir.forget();
+            fsync_dir(parent(dest))?;
+            Ok(Published::New)
+        }
+        Err(Errno::EEXIST | Errno::ENOTEMPTY) => Ok(Published::Existing),
+        Err(errno) => Err(io_err("renaming directory into place", dest)(errno.into())),
+    }
+}
+
+/// Names of the entries in `dir` (empty if it does not exist).
+pub fn names_in(dir: &Path) -> Result<Vec<String>, Error> {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| {
+                e.map(|e| e.file_name().to_string_lossy().into_owned())
+                    .map_err(io_err("listing", dir))
+            })
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err("listing", dir)(e)),
+    }
+}
+
 /// Replace `path` with `bytes` atomically and durably: write a temp file beside it, fsync it,
 /// rename it over `path`, fsync the directory. Readers see the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
@@ -308,10 +355,19 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Stop tracking the directory (it was renamed away).
+    pub fn forget(mut self) {
+        untrack(&self.path);
+        self.path = PathBuf::new();
+    }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
         untrack(&self.path);
         let _ = fs::remove_dir_all(&self.path);
     }
@@ -322,6 +378,18 @@ impl Drop for TempDir {
 #[must_use]
 pub fn is_held(path: &Path) -> bool {
     File::open(path).is_ok_and(|f| matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)))
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file().write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file().write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file().flush()
+    }
 }
 
 impl Drop for TempFile {
@@ -399,6 +467,31 @@ mod tests {
         let loose = dir.path().join("loose");
         fs::write(&loose, b"x").unwrap();
         assert!(!is_held(&loose));
+    }
+
+    #[test]
+    fn publish_dir_is_read_only_and_never_clobbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("boot");
+        let a = TempDir::create_in(dir.path(), "a").unwrap();
+        fs::write(a.path().join("vmlinuz"), b"k1").unwrap();
+        assert_eq!(publish_dir_noclobber(a, &dest).unwrap(), Published::New);
+        let mode = fs::metadata(dest.join("vmlinuz"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, BLOB_MODE);
+        let b = TempDir::create_in(dir.path(), "b").unwrap();
+        fs::write(b.path().join("vmlinuz"), b"k2").unwrap();
+        let bp = b.path().to_path_buf();
+        assert_eq!(
+            publish_dir_noclobber(b, &dest).unwrap(),
+            Published::Existing
+        );
+        assert!(!bp.exists(), "the losing temp dir is removed");
+        assert_eq!(fs::read(dest.join("vmlinuz")).unwrap(), b"k1");
+        assert_eq!(names_in(dir.path()).unwrap(), vec!["boot".to_owned()]);
     }
 
     #[test]
