@@ -27,3 +27,12 @@ fn digest_seeds() {
         }
     }
 }
+
+#[test]
+fn reference_seeds() {
+    for (path, data) in seeds("reference") {
+        let s = std::str::from_utf8(&data)
+            .unwrap_or_else(|e| panic!("{}: seeds are UTF-8: {e}", path.display()));
+        imgstore::reference::fuzz_check(s);
+    }
+}
