@@ -2,3 +2,6 @@
 
 mod fuzz_seeds;
 mod reference;
+mod index;
+mod lock;
+mod support;
