@@ -1,3 +1,5 @@
 //! Integration tests: real files, real tools, real processes.
 
 mod fuzz_seeds;
+mod ingest;
+mod verify;
