@@ -1,1 +1,456 @@
 //! Temp file → hashed → fsynced → published: the only place blobs are created. Never edits the index.
+//!
+//! This file holds the staging half: [`stage`] streams a source into a temp file under the
+//! backend's `temp/`, computing sha256 and blake3 in the same pass, fsyncs it and checks what the
+//! caller expected. A failure at any step leaves nothing behind. Staging takes no locks and never
+//! touches `blobs/` or the index; the publish step (digest lock, no-clobber rename, index update)
+//! comes after it.
+#![allow(
+    clippy::result_large_err,
+    reason = "Mismatch carries two 65-byte digests by value; the Ok side (Staged, with its Sums) \
+              is as large, so boxing the error would save no copying"
+)]
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use sha2::Digest as _;
+
+use crate::digest::{Algorithm, Digest, Sums};
+use crate::fsutil::{self, TempFile};
+
+/// Size of one pipeline buffer.
+const CHUNK: usize = 1 << 20;
+/// Buffers in flight: enough that reading, hashing and writing each have work queued.
+const POOL: usize = 8;
+
+/// Why staging (or ingesting) failed. The temp file is gone by the time this is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error on a file of the store or a source file.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("writing", "opening part", ...).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The content does not hash to the expected digest.
+    #[error("digest mismatch for {source_name}: expected {expected}, got {actual}")]
+    Mismatch {
+        /// The digest the caller expected.
+        expected: Digest,
+        /// The digest of the bytes received.
+        actual: Digest,
+        /// The input (path or URL).
+        source_name: String,
+    },
+    /// The content is not of the expected size.
+    #[error(
+        "size mismatch for {source_name}: expected {expected} bytes, got {}{actual}",
+        if actual > expected { "at least " } else { "" }
+    )]
+    SizeMismatch {
+        /// The size the caller expected.
+        expected: u64,
+        /// Bytes received; reading stops at `expected + 1`, so a larger value means "more".
+        actual: u64,
+        /// The input (path or URL).
+        source_name: String,
+    },
+    /// The input is larger than the configured cap; reading stopped there.
+    #[error("{source_name} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The cap.
+        limit: u64,
+        /// The input (path or URL).
+        source_name: String,
+    },
+    /// Reading the input failed.
+    #[error("reading {source_name}: {source}")]
+    Read {
+        /// The input (path or URL).
+        source_name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A temp-file operation failed.
+    #[error(transparent)]
+    Fs(#[from] fsutil::Error),
+}
+
+/// What the caller knows of the input in advance. `Default` expects nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// The input's digest (sha256, sha512 or blake3); a mismatch fails the staging.
+    pub digest: Option<Digest>,
+    /// The input's exact size.
+    pub size: Option<u64>,
+    /// A cap on the size: reading stops as soon as the input exceeds it.
+    pub max_size: Option<u64>,
+}
+
+/// A fully written, fsynced temp file with its sums. Dropping it deletes the file.
+#[derive(Debug)]
+pub struct Staged {
+    /// The temp file, under the backend's `temp/`.
+    pub temp: TempFile,
+    /// sha256, blake3 and size of its bytes.
+    pub sums: Sums,
+}
+
+/// A filled pipeline buffer shared by the two hashing threads; when the last one drops it, the
+/// buffer goes back to the pool so the reader never allocates after start-up.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Sender<Vec<u8>>,
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let _ = self.pool.send(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Where bytes come from, with errors already naming the source.
+trait Source {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error>;
+}
+
+struct NamedReader<'a, R> {
+    reader: R,
+    name: &'a str,
+}
+
+impl<R: Read> Source for NamedReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        loop {
+            match self.reader.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(Error::Read {
+                        source_name: self.name.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Parts read one after the other; a read error names the part.
+struct Parts<'a> {
+    paths: &'a [PathBuf],
+    files: Vec<File>,
+    current: usize,
+}
+
+impl Source for Parts<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        while let Some(file) = self.files.get_mut(self.current) {
+            match file.read(buf) {
+                Ok(0) => self.current += 1,
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(Error::Read {
+                        source_name: self.paths[self.current].display().to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// How the reading side ended.
+enum ReadEnd {
+    /// End of input after this many bytes.
+    Eof,
+    /// A consumer went away (error or panic); its own result says why.
+    ConsumerGone,
+    /// Reading failed or the input overran a limit.
+    Failed(Error),
+}
+
+/// Stream `reader` into a new temp file in `temp_dir`, hashing sha256 and blake3 in the same pass.
+///
+/// The work is pipelined: this thread reads into a small pool of reusable buffers; one thread runs
+/// sha256 and another blake3 plus the write, so reading, hashing and writing overlap. The file is
+/// fsynced before this returns. `progress` gets the cumulative number of bytes written; it is
+/// called from a worker thread. `source_name` names the input (a path or URL) in errors.
+/// On any failure, including a panic in a worker, the temp file is removed.
+pub fn stage(
+    temp_dir: &Path,
+    reader: impl Read + Send,
+    source_name: &str,
+    expected: &Expected,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Staged, Error> {
+    let mut src = NamedReader {
+        reader,
+        name: source_name,
+    };
+    stage_source(temp_dir, &mut src, source_name, expected, progress)
+}
+
+/// Like [`stage`] over several files concatenated in order (split cloud images).
+pub fn stage_files(
+    temp_dir: &Path,
+    parts: &[PathBuf],
+    expected: &Expected,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Staged, Error> {
+    let files = parts
+        .iter()
+        .map(|p| {
+            File::open(p).map_err(|source| Error::Io {
+                action: "opening part",
+                path: p.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = parts
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let mut src = Parts {
+        paths: parts,
+        files,
+        current: 0,
+    };
+    stage_source(temp_dir, &mut src, &name, expected, progress)
+}
+
+fn stage_source(
+    temp_dir: &Path,
+    src: &mut dyn Source,
+    source_name: &str,
+    expected: &Expected,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Staged, Error> {
+    let mut temp = TempFile::create_in(temp_dir, ".ingest")?;
+    let path = temp.path().to_path_buf();
+    let (sha, b3, size) = pipeline(src, temp.file(), &path, source_name, expected, progress)?;
+    let sums = Sums {
+        sha256: sha.sha256,
+        blake3: b3,
+        size,
+    };
+    if let Some(want) = expected.size {
+        if want != size {
+            return Err(Error::SizeMismatch {
+                expected: want,
+                actual: size,
+                source_name: source_name.to_owned(),
+            });
+        }
+    }
+    if let Some(want) = expected.digest {
+        let actual = match want.algorithm() {
+            Algorithm::Sha256 => sums.sha256,
+            Algorithm::Blake3 => sums.blake3,
+            Algorithm::Sha512 => sha.sha512.unwrap_or(sums.sha256),
+        };
+        if actual != want {
+            return Err(Error::Mismatch {
+                expected: want,
+                actual,
+                source_name: source_name.to_owned(),
+            });
+        }
+    }
+    // Checked before the fsync so a bad download costs no disk flush; the temp file is not
+    // trusted by anyone until `Staged` is returned.
+    temp.sync()?;
+    Ok(Staged { temp, sums })
+}
+
+/// The sha thread's result: sha256, plus sha512 when the expected digest asks for it.
+struct ShaOut {
+    sha256: Digest,
+    sha512: Option<Digest>,
+}
+
+/// Read `src` to the end through the hashing/writing threads. Returns sha results, blake3 and
+/// the number of bytes. All threads are joined before this returns, whatever happens.
+fn pipeline(
+    src: &mut dyn Source,
+    file: &mut File,
+    path: &Path,
+    source_name: &str,
+    expected: &Expected,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(ShaOut, Digest, u64), Error> {
+    let want_sha512 = expected
+        .digest
+        .is_some_and(|d| d.algorithm() == Algorithm::Sha512);
+    let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(POOL);
+    for _ in 0..POOL {
+        pool_tx
+            .send(vec![0u8; CHUNK])
+            .expect("pool channel has room for POOL buffers");
+    }
+    // Unbounded: the pool alone bounds what is in flight, so the reader only ever blocks on it.
+    let (sha_tx, sha_rx) = crossbeam_channel::unbounded::<Arc<Chunk>>();
+    let (b3_tx, b3_rx) = crossbeam_channel::unbounded::<Arc<Chunk>>();
+    // Never sent on: a consumer's exit drops its sender, which wakes a reader waiting for a buffer.
+    let (sha_alive, sha_gone) = crossbeam_channel::bounded::<()>(0);
+    let (b3_alive, b3_gone) = crossbeam_channel::bounded::<()>(0);
+
+    std::thread::scope(|s| {
+        let sha_thread = s.spawn(move || {
+            let _alive = sha_alive;
+            let mut h256 = sha2::Sha256::new();
+            let mut h512 = want_sha512.then(sha2::Sha512::new);
+            for chunk in sha_rx {
+                h256.update(chunk.bytes());
+                if let Some(h) = &mut h512 {
+                    h.update(chunk.bytes());
+                }
+            }
+            ShaOut {
+                sha256: Digest::sha256(h256.finalize().into()),
+                sha512: h512.and_then(|h| Digest::from_bytes(Algorithm::Sha512, &h.finalize())),
+            }
+        });
+        let b3_thread = s.spawn(move || -> Result<(Digest, u64), Error> {
+            let _alive = b3_alive;
+            let mut hasher = blake3::Hasher::new();
+            let mut written = 0u64;
+            for chunk in b3_rx {
+                hasher.update(chunk.bytes());
+                file.write_all(chunk.bytes()).map_err(|source| Error::Io {
+                    action: "writing",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                written += chunk.len as u64;
+                progress(written);
+            }
+            Ok((Digest::blake3(*hasher.finalize().as_bytes()), written))
+        });
+
+        let end = read_loop(
+            src,
+            source_name,
+            expected,
+            &pool_rx,
+            &pool_tx,
+            [&sha_tx, &b3_tx],
+            [&sha_gone, &b3_gone],
+        );
+        drop((sha_tx, b3_tx));
+        let sha = sha_thread.join();
+        let b3 = b3_thread.join();
+        // A worker panic is a bug, not an input problem: re-raise it once every thread is joined,
+        // so the temp file is removed while unwinding.
+        let sha = sha.unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let (b3, written) = b3.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        match end {
+            ReadEnd::Failed(e) => Err(e),
+            ReadEnd::ConsumerGone => unreachable!("consumers only leave early on error or panic"),
+            ReadEnd::Eof => Ok((sha, b3, written)),
+        }
+    })
+}
+
+/// The reading side of the pipeline: fill pooled buffers and hand each to both consumers.
+fn read_loop(
+    src: &mut dyn Source,
+    source_name: &str,
+    expected: &Expected,
+    pool_rx: &Receiver<Vec<u8>>,
+    pool_tx: &Sender<Vec<u8>>,
+    consumers: [&Sender<Arc<Chunk>>; 2],
+    gone: [&Receiver<()>; 2],
+) -> ReadEnd {
+    // Read at most one byte past a limit: enough to know it was exceeded.
+    let limit = match (expected.max_size, expected.size) {
+        (Some(m), Some(s)) => Some(m.min(s)),
+        (m, s) => m.or(s),
+    };
+    let mut total = 0u64;
+    loop {
+        let mut buf = crossbeam_channel::select! {
+            recv(pool_rx) -> b => match b {
+                Ok(b) => b,
+                Err(_) => return ReadEnd::ConsumerGone,
+            },
+            recv(gone[0]) -> _ => return ReadEnd::ConsumerGone,
+            recv(gone[1]) -> _ => return ReadEnd::ConsumerGone,
+        };
+        let room = match limit {
+            Some(l) => {
+                (l.saturating_add(1) - total.min(l.saturating_add(1))).min(CHUNK as u64) as usize
+            }
+            None => CHUNK,
+        };
+        let mut len = 0;
+        let mut eof = false;
+        // Fill the whole buffer: network readers return small pieces, and each chunk has a
+        // fixed cost in the two consumers.
+        while len < room {
+            match src.read(&mut buf[len..room]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => len += n,
+                Err(e) => return ReadEnd::Failed(e),
+            }
+        }
+        total += len as u64;
+        if let Some(max) = expected.max_size {
+            if total > max {
+                return ReadEnd::Failed(Error::TooLarge {
+                    limit: max,
+                    source_name: source_name.to_owned(),
+                });
+            }
+        }
+        if let Some(size) = expected.size {
+            if total > size {
+                return ReadEnd::Failed(Error::SizeMismatch {
+                    expected: size,
+                    actual: total,
+                    source_name: source_name.to_owned(),
+                });
+            }
+        }
+        if len > 0 {
+            let chunk = Arc::new(Chunk {
+                buf,
+                len,
+                pool: pool_tx.clone(),
+            });
+            for tx in consumers {
+                if tx.send(Arc::clone(&chunk)).is_err() {
+                    return ReadEnd::ConsumerGone;
+                }
+            }
+        }
+        if eof {
+            return ReadEnd::Eof;
+        }
+    }
+}

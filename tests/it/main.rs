@@ -5,3 +5,5 @@ mod reference;
 mod index;
 mod lock;
 mod support;
+mod ingest;
+mod verify;
