@@ -27,3 +27,10 @@ fn digest_seeds() {
         }
     }
 }
+
+#[test]
+fn lookup_seeds() {
+    for (_, data) in seeds("lookup") {
+        imgstore::lookup::fuzz_check(&data);
+    }
+}

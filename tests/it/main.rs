@@ -1,3 +1,4 @@
 //! Integration tests: real files, real tools, real processes.
 
 mod fuzz_seeds;
+mod lookup;
