@@ -34,5 +34,8 @@ fn reference_seeds() {
         let s = std::str::from_utf8(&data)
             .unwrap_or_else(|e| panic!("{}: seeds are UTF-8: {e}", path.display()));
         imgstore::reference::fuzz_check(s);
+fn lookup_seeds() {
+    for (_, data) in seeds("lookup") {
+        imgstore::lookup::fuzz_check(&data);
     }
 }

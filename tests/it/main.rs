@@ -7,3 +7,4 @@ mod lock;
 mod support;
 mod ingest;
 mod verify;
+mod lookup;
