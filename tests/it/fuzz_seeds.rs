@@ -34,6 +34,10 @@ fn reference_seeds() {
         let s = std::str::from_utf8(&data)
             .unwrap_or_else(|e| panic!("{}: seeds are UTF-8: {e}", path.display()));
         imgstore::reference::fuzz_check(s);
+    }
+}
+
+#[test]
 fn lookup_seeds() {
     for (_, data) in seeds("lookup") {
         imgstore::lookup::fuzz_check(&data);
