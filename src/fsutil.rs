@@ -180,10 +180,10 @@ pub fn link_replace(target: &Path, link: &Path) -> Result<(), Error> {
     let dir = parent(link);
     let tmp = TempFile::reserve_name(dir, ".link");
     fs::hard_link(target, &tmp).map_err(io_err("linking", target))?;
-    if let Err(e) = fs::rename(&tmp, link) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("renaming link over", link)(e));
-    }
+    let renamed = fs::rename(&tmp, link);
+    // rename(2) does nothing when both names are already links to one inode, leaving `tmp`.
+    let _ = fs::remove_file(&tmp);
+    renamed.map_err(io_err("renaming link over", link))?;
     fsync_dir(dir)
 }
 
@@ -519,5 +519,8 @@ mod tests {
         assert_eq!(fs::read(&b).unwrap(), b"v1");
         link_replace(&a, &b).unwrap();
         assert_eq!(fs::read(&b).unwrap(), b"v2");
+        // Already the same inode: nothing changes and no temp link is left behind.
+        link_replace(&a, &b).unwrap();
+        assert_eq!(names_in(dir.path()).unwrap().len(), 2);
     }
 }
