@@ -1,3 +1,5 @@
 //! Integration tests: real files, real tools, real processes.
 
+mod cloudimg;
 mod fuzz_seeds;
+mod http_server;
