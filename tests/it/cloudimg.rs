@@ -161,6 +161,38 @@ fn sniff_real_files() {
     assert_eq!(sniff(&tar.into_inner().unwrap()), Format::Rejected("tar"));
 }
 
+proptest::proptest! {
+    /// Untrusted first bytes never panic the pure parsers.
+    #[test]
+    fn sniff_and_header_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700)) {
+        let _ = sniff(&bytes);
+        proptest::prop_assert!(qcow2_header(&bytes).is_err() || bytes.starts_with(b"QFI\xfb"));
+    }
+
+    /// A header with valid magic, version, cluster size and length followed by arbitrary
+    /// extension bytes: the extension walk never panics or loops.
+    #[test]
+    fn qcow2_extension_walk_never_panics(
+        v3 in proptest::prelude::any::<bool>(),
+        cluster_bits in 9u32..=21,
+        fields in proptest::collection::vec(proptest::prelude::any::<u8>(), 104),
+        extensions in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700),
+    ) {
+        let mut bytes = fields;
+        bytes[..4].copy_from_slice(b"QFI\xfb");
+        bytes[4..8].copy_from_slice(&(if v3 { 3u32 } else { 2 }).to_be_bytes());
+        bytes[20..24].copy_from_slice(&cluster_bits.to_be_bytes());
+        bytes[100..104].copy_from_slice(&104u32.to_be_bytes());
+        if !v3 {
+            bytes.truncate(72);
+        }
+        bytes.extend_from_slice(&extensions);
+        let h = qcow2_header(&bytes).expect("valid fixed fields");
+        proptest::prop_assert_eq!(h.cluster_bits, cluster_bits);
+        proptest::prop_assert_eq!(sniff(&bytes), Format::Qcow2);
+    }
+}
+
 #[test]
 fn qcow2_header_parses_real_images() {
     let dir = TempDir::new().unwrap();
@@ -435,6 +467,36 @@ fn corrupt_qcow2_fails_check() {
         }
         other => panic!("expected CheckFailed, got {other:?}"),
     }
+}
+
+/// Leaked clusters (`qemu-img check` exit 3) waste space but never change what the guest reads,
+/// so they do not make an image untrusted.
+#[test]
+fn leaked_clusters_are_accepted() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    qemu_img(&["create", "-f", "qcow2", "leaky.qcow2", "1M"], d);
+    let leaky = d.join("leaky.qcow2");
+    let mut bytes = std::fs::read(&leaky).unwrap();
+    let be64 = |b: &[u8]| u64::from_be_bytes(b[..8].try_into().unwrap()) as usize;
+    let refcount_block = be64(&bytes[be64(&bytes[48..])..]);
+    // Cluster 4 is unused in a fresh image: give it a refcount and make it exist.
+    bytes[refcount_block + 8..refcount_block + 10].copy_from_slice(&1u16.to_be_bytes());
+    bytes.resize(5 << 16, 0);
+    std::fs::write(&leaky, &bytes).unwrap();
+    let status = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&leaky)
+        .output()
+        .unwrap()
+        .status;
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the image must have a leak for this test"
+    );
+    let info = check_untrusted(&leaky, "qcow2", &Limits::default()).unwrap();
+    assert_eq!(plan(&info), Plan::StoreAsIs);
 }
 
 #[test]

@@ -293,3 +293,14 @@ fn describe_io(e: &io::Error) -> String {
         _ => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Download>();
+    }
+}

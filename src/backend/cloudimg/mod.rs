@@ -246,24 +246,18 @@ impl Error {
     /// did not come from the download become [`Error::Http`] for `url`.
     #[must_use]
     pub fn from_io(e: io::Error, url: &str) -> Error {
-        if Self::from_io_ref(&e).is_some() {
-            if let Some(inner) = e.into_inner() {
-                if let Ok(err) = inner.downcast::<Error>() {
-                    return *err;
-                }
-            }
-            // Unreachable in practice: the check above saw an Error inside.
-            return Error::Http {
-                url: url.to_owned(),
-                cause: "download error lost while unwrapping".to_owned(),
-                transient: false,
-            };
-        }
+        let cause = e.to_string();
         let transient = http::io_is_transient(&e);
-        Error::Http {
+        let other = || Error::Http {
             url: url.to_owned(),
-            cause: e.to_string(),
+            cause,
             transient,
+        };
+        match e.into_inner() {
+            Some(inner) => inner
+                .downcast::<Error>()
+                .map_or_else(|_| other(), |err| *err),
+            None => other(),
         }
     }
 

@@ -14,8 +14,9 @@ use super::{io_err, Error, Limits};
 const QEMU_IMG: &str = "qemu-img";
 /// How much of a qcow2 file is read to find the header and its extensions.
 const HEADER_READ: u64 = 64 * 1024;
-/// Longest tool message kept in an error.
+/// Longest tool message kept in an error, in bytes and in lines.
 const MAX_MESSAGE: usize = 4096;
+const MAX_LINES: usize = 12;
 
 /// What `qemu-img info` says about an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,17 +97,25 @@ fn tool_path(path: &Path) -> OsString {
     }
 }
 
+/// A tool's message, trimmed to its first lines and `MAX_MESSAGE` bytes (qemu-img check prints
+/// one line per bad cluster).
 fn clip(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if text.len() <= MAX_MESSAGE {
-        return text.to_owned();
+    let lines: Vec<&str> = text.trim().lines().collect();
+    let mut out = lines[..lines.len().min(MAX_LINES)].join("\n");
+    if out.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
     }
-    let mut end = MAX_MESSAGE;
-    while !text.is_char_boundary(end) {
-        end -= 1;
+    if lines.len() > MAX_LINES {
+        let more = lines.len() - MAX_LINES;
+        out = format!("{out}\n… ({more} more lines)");
     }
-    format!("{}…", &text[..end])
+    out
 }
 
 fn args_text(args: &[OsString]) -> String {
@@ -373,6 +382,20 @@ pub fn convert(src: &Path, from: &str, dst: &Path) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_keeps_first_lines() {
+        let many = (0..100)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let clipped = clip(many.as_bytes());
+        assert!(clipped.starts_with("line 0\nline 1\n"));
+        assert!(clipped.ends_with("… (88 more lines)"), "{clipped}");
+        assert_eq!(clip(b"  one line \n"), "one line");
+        let long = "é".repeat(MAX_MESSAGE);
+        assert!(clip(long.as_bytes()).len() <= MAX_MESSAGE + '…'.len_utf8());
+    }
 
     #[test]
     fn tool_path_never_looks_like_a_protocol_or_option() {
