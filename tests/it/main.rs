@@ -1,10 +1,12 @@
 //! Integration tests: real files, real tools, real processes.
 
+mod cloudimg;
 mod fuzz_seeds;
-mod reference;
+mod http_server;
 mod index;
-mod lock;
-mod support;
 mod ingest;
-mod verify;
+mod lock;
 mod lookup;
+mod reference;
+mod support;
+mod verify;

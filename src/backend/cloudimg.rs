@@ -1,1 +1,0 @@
-//! Cloud images: format checks, qemu-img hygiene and conversion, URL download.
