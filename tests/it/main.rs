@@ -1,6 +1,7 @@
 //! Integration tests: real files, real tools, real processes.
 
 mod cloudimg;
+mod erofs;
 mod fuzz_seeds;
 mod http_server;
 mod index;

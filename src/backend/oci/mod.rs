@@ -1,1 +1,5 @@
 //! OCI images: registry client, layer to EROFS conversion, boot files.
+
+pub mod boot;
+pub mod erofs;
+pub mod unpack;
