@@ -1,5 +1,7 @@
 //! Integration tests: real files, real tools, real processes.
 
+mod cli;
+mod cli_support;
 mod cloudimg;
 mod erofs;
 mod fuzz_seeds;

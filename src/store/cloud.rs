@@ -1,0 +1,393 @@
+//! Cloud images into the store: import from files or stdin, pull by URL (DESIGN.md §8).
+//!
+//! Order of work, so that a crash or a failure anywhere leaves the old state plus temp debris:
+//! stage the source (hashing while writing) → take the digest lock → reuse a stored blob or
+//! check, convert and publish a new one → commit the index entry (short exclusive lock).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::backend::cloudimg::{self, Format, Plan};
+use crate::digest::{Digest, Sums};
+use crate::fsutil::{self, TempFile};
+use crate::index::CloudEntry;
+use crate::ingest::{self, Expected};
+use crate::store::{Error, Kind, Store};
+use crate::verify;
+
+/// Where an OCI image comes from, for [`Store::import_oci`].
+#[derive(Debug, Clone)]
+pub enum OciSource {
+    /// Layer tars (plain, gzip or zstd), base layer first.
+    LayerTars(Vec<PathBuf>),
+    /// An OCI image layout directory (`oci-layout`, `index.json`, `blobs/`).
+    Layout(PathBuf),
+    /// A tar of an OCI image layout (`oci-archive`).
+    Archive(PathBuf),
+}
+
+/// Where a cloud image comes from.
+#[derive(Debug, Clone)]
+pub enum CloudSource {
+    /// One file, or split parts concatenated in order. Never moved or modified.
+    Files(Vec<PathBuf>),
+    /// Standard input.
+    Stdin,
+}
+
+/// What a pull or import stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullOutcome {
+    /// The index key.
+    pub name: String,
+    /// Image ID.
+    pub id: Digest,
+    /// Backend.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// True if nothing new was downloaded or written except the index entry.
+    pub reused: bool,
+}
+
+/// How many bytes of the source are looked at to tell its format.
+const SNIFF_LEN: usize = 4096;
+
+/// Reads the first bytes of a stream for sniffing, then hands them back ahead of the rest.
+fn sniffed(mut r: impl Read, source_name: &str) -> Result<(Vec<u8>, impl Read), Error> {
+    let mut head = vec![0u8; SNIFF_LEN];
+    let mut n = 0;
+    while n < head.len() {
+        match r.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Other(format!("reading {source_name}: {e}"))),
+        }
+    }
+    head.truncate(n);
+    let chained = std::io::Cursor::new(head.clone()).chain(r);
+    Ok((head, chained))
+}
+
+/// A name for an imported image must be usable as an index key and shown safely.
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            name: name.chars().take(200).collect(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty name");
+    }
+    if name.len() > 1024 {
+        return bad("longer than 1024 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("contains a control character");
+    }
+    if name.trim() != name {
+        return bad("leading or trailing white space");
+    }
+    if Digest::parse(name).is_ok() || crate::digest::Prefix::parse(name).is_ok() {
+        return bad("looks like a digest; it could never be looked up by name");
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Import a cloud image under `name` from files (split parts in order) or stdin.
+    ///
+    /// # Errors
+    /// A refused format or image (backing file, external data file, huge virtual size, failing
+    /// `qemu-img check`), an unreadable source, a full disk, a lock timeout.
+    pub fn import_cloud(&self, name: &str, source: &CloudSource) -> Result<PullOutcome, Error> {
+        check_name(name)?;
+        match source {
+            CloudSource::Files(parts) => {
+                if parts.is_empty() {
+                    return Err(Error::Other("no files to import".into()));
+                }
+                let source_name = parts
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" + ");
+                let mut readers = Vec::with_capacity(parts.len());
+                for p in parts {
+                    let f = std::fs::File::open(p)
+                        .map_err(|e| Error::Other(format!("opening {}: {e}", p.display())))?;
+                    if f.metadata().is_ok_and(|m| m.is_dir()) {
+                        return Err(Error::Other(format!("{} is a directory", p.display())));
+                    }
+                    readers.push(f);
+                }
+                let chained = readers.into_iter().fold(
+                    Box::new(std::io::empty()) as Box<dyn Read + Send>,
+                    |acc, f| Box::new(acc.chain(f)),
+                );
+                self.ingest_cloud(name, chained, &source_name, None)
+            }
+            CloudSource::Stdin => self.ingest_cloud(name, std::io::stdin(), "stdin", None),
+        }
+    }
+
+    /// Pull a cloud image from an http(s) URL. The same URL already stored with intact files is
+    /// not downloaded again unless `force`.
+    ///
+    /// # Errors
+    /// HTTP failures (status, timeout, truncated body, over the size cap), refused formats or
+    /// images, a full disk, a lock timeout.
+    pub fn pull_cloud(&self, url: &str, force: bool) -> Result<PullOutcome, Error> {
+        if !force {
+            let snap = self.snapshot()?;
+            if let Some(e) = snap.cloud.get(url) {
+                let info = self.describe(&snap, Kind::CloudImg, std::iter::once(url));
+                if super::check_files(&info).is_ok() {
+                    return Ok(PullOutcome {
+                        name: url.to_owned(),
+                        id: e.content_sum,
+                        kind: Kind::CloudImg,
+                        reused: true,
+                    });
+                }
+            }
+        }
+        let download = cloudimg::open(url, &self.opts.cloud_limits)?;
+        let total = download.content_length();
+        self.ingest_cloud(url, download, url, total)
+    }
+
+    fn ingest_cloud(
+        &self,
+        name: &str,
+        reader: impl Read + Send,
+        source_name: &str,
+        total: Option<u64>,
+    ) -> Result<PullOutcome, Error> {
+        let b = self.layout.backend(Kind::CloudImg);
+        let (head, reader) = sniffed(reader, source_name)?;
+        let format = match cloudimg::sniff(&head) {
+            Format::Rejected(what) => {
+                return Err(cloudimg::Error::Rejected {
+                    source_name: source_name.to_owned(),
+                    format: what,
+                }
+                .into())
+            }
+            f => f,
+        };
+        if head.is_empty() {
+            return Err(Error::Other(format!("{source_name} is empty")));
+        }
+        fsutil::create_dir_all(&b.temp_dir())?;
+        let expected = Expected {
+            max_size: Some(self.opts.cloud_limits.max_download),
+            ..Expected::default()
+        };
+        let label = name.to_owned();
+        let progress = |done: u64| self.progress(&label, done, total);
+        let staged = ingest::stage(&b.temp_dir(), reader, source_name, &expected, &progress)?;
+        let key = staged.sums.sha256;
+
+        let guard = self.lock_digest(Kind::CloudImg, &key)?;
+        let blob = b.blob_path(&key);
+        let (sums, reused) = if blob.exists() {
+            drop(staged);
+            (self.existing_cloud_sums(&key)?, true)
+        } else {
+            let fmt = match format {
+                Format::Qcow2 => "qcow2",
+                _ => "raw",
+            };
+            let info = cloudimg::check_untrusted(staged.temp.path(), fmt, &self.opts.cloud_limits)?;
+            let (file, sums) = match cloudimg::plan(&info) {
+                Plan::StoreAsIs => (staged.temp, staged.sums),
+                Plan::Convert { from } => {
+                    let out = TempFile::path_in(&b.temp_dir(), "convert")?;
+                    self.progress(&format!("converting {name}"), 0, None);
+                    cloudimg::convert(staged.temp.path(), from, out.path())?;
+                    drop(staged);
+                    cloudimg::check_untrusted(out.path(), "qcow2", &self.opts.cloud_limits)?;
+                    let sums = verify::sums_of_file(out.path())?;
+                    (out, sums)
+                }
+            };
+            (self.publish_blob(Kind::CloudImg, &key, file, sums)?, false)
+        };
+
+        let w = self.on_wait();
+        self.cloud_db().update(self.opts.lock_wait, &w, |idx| {
+            let entry = match idx.get(name) {
+                Some(old) if old.content_sum == key && old.blob == Some(sums) => old.clone(),
+                old => CloudEntry {
+                    reference: name.to_owned(),
+                    content_sum: key,
+                    size: sums.size,
+                    created_at: crate::index::schema::now_rfc3339(),
+                    blob: Some(sums),
+                    extra: old.map(|o| o.extra.clone()).unwrap_or_default(),
+                },
+            };
+            idx.images.insert(name.to_owned(), Some(entry));
+            Ok(())
+        })?;
+        drop(guard);
+        Ok(PullOutcome {
+            name: name.to_owned(),
+            id: key,
+            kind: Kind::CloudImg,
+            reused,
+        })
+    }
+
+    /// Sums of an already stored cloud blob: as recorded by any entry, else hashed now (a blob
+    /// left by a removed image, or recorded by cocoon without sums).
+    fn existing_cloud_sums(&self, key: &Digest) -> Result<Sums, Error> {
+        let b = self.layout.backend(Kind::CloudImg);
+        let path = b.blob_path(key);
+        let w = self.on_wait();
+        let idx = self.cloud_db().read(self.opts.lock_wait, &w)?;
+        let recorded = idx
+            .entries()
+            .filter(|(_, e)| e.content_sum == *key)
+            .find_map(|(_, e)| e.blob);
+        let actual_size = std::fs::metadata(&path)
+            .map_err(|e| Error::Other(format!("reading {}: {e}", path.display())))?
+            .len();
+        match recorded {
+            Some(s) if s.size == actual_size => Ok(s),
+            _ => Ok(verify::sums_of_file(&path)?),
+        }
+    }
+}
+
+impl Store {
+    /// Pull an OCI image (registry support lands with the registry client).
+    ///
+    /// # Errors
+    /// Always, for now.
+    pub fn pull_oci(&self, reference: &str, _force: bool) -> Result<PullOutcome, Error> {
+        Err(Error::Other(format!(
+            "pulling OCI image {reference}: not available in this build yet"
+        )))
+    }
+
+    /// Import an OCI image (lands with the OCI store flow).
+    ///
+    /// # Errors
+    /// Always, for now.
+    pub fn import_oci(&self, name: &str, _source: &OciSource) -> Result<PullOutcome, Error> {
+        Err(Error::Other(format!(
+            "importing OCI image {name}: not available in this build yet"
+        )))
+    }
+
+    /// Import an image under `name` from files (none = stdin). The type is detected from the
+    /// content when `kind` is `None`: a directory, a tar or a compressed tar is OCI; anything
+    /// else (and stdin) is a cloud image.
+    ///
+    /// # Errors
+    /// As [`Store::import_cloud`] and [`Store::import_oci`].
+    pub fn import(
+        &self,
+        name: &str,
+        files: &[PathBuf],
+        kind: Option<Kind>,
+    ) -> Result<PullOutcome, Error> {
+        let kind = match kind {
+            Some(k) => k,
+            None => detect_kind(files)?,
+        };
+        match kind {
+            Kind::CloudImg if files.is_empty() => self.import_cloud(name, &CloudSource::Stdin),
+            Kind::CloudImg => self.import_cloud(name, &CloudSource::Files(files.to_vec())),
+            Kind::Oci => {
+                let source = match files {
+                    [] => {
+                        return Err(Error::Other(
+                            "OCI images cannot be imported from stdin; pass layer tars, an OCI layout directory or an oci-archive".into(),
+                        ))
+                    }
+                    [one] if one.is_dir() => OciSource::Layout(one.clone()),
+                    [one] if is_oci_archive(one) => OciSource::Archive(one.clone()),
+                    many => OciSource::LayerTars(many.to_vec()),
+                };
+                self.import_oci(name, &source)
+            }
+        }
+    }
+}
+
+fn head_of(path: &Path) -> Result<Vec<u8>, Error> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::Other(format!("opening {}: {e}", path.display())))?;
+    let mut head = vec![0u8; 512];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Other(format!("reading {}: {e}", path.display()))),
+        }
+    }
+    head.truncate(n);
+    Ok(head)
+}
+
+fn looks_like_tar(head: &[u8]) -> bool {
+    head.len() >= 262 && &head[257..262] == b"ustar"
+}
+
+fn detect_kind(files: &[PathBuf]) -> Result<Kind, Error> {
+    let Some(first) = files.first() else {
+        return Ok(Kind::CloudImg);
+    };
+    if first.is_dir() {
+        return Ok(Kind::Oci);
+    }
+    let head = head_of(first)?;
+    let compressed_tar =
+        head.starts_with(&[0x1f, 0x8b]) || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    if looks_like_tar(&head)
+        || (compressed_tar && files.len() > 1)
+        || (compressed_tar && is_gzip_tar(first))
+    {
+        Ok(Kind::Oci)
+    } else {
+        Ok(Kind::CloudImg)
+    }
+}
+
+/// A gzip stream whose content starts like a tar: a compressed layer, not a compressed disk.
+fn is_gzip_tar(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut d = flate2::read::GzDecoder::new(f);
+    let mut head = vec![0u8; 512];
+    d.read_exact(&mut head).is_ok() && looks_like_tar(&head)
+}
+
+/// An uncompressed tar with an `oci-layout` file at its root.
+fn is_oci_archive(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut a = tar::Archive::new(f);
+    let Ok(entries) = a.entries() else {
+        return false;
+    };
+    entries.flatten().take(10_000).any(|e| {
+        e.path().is_ok_and(|p| {
+            let p: PathBuf = p
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            p == Path::new("oci-layout")
+        })
+    })
+}
