@@ -73,6 +73,16 @@ pub enum Error {
         /// What the bytes look like ("HTML", "gzip", ...).
         format: &'static str,
     },
+    /// The file's first bytes contradict the format it is to be read as.
+    #[error("{path}: asked to read it as {asked}, but its first bytes say {found}", path = path.display())]
+    FormatMismatch {
+        /// The image.
+        path: PathBuf,
+        /// The format asked for.
+        asked: &'static str,
+        /// What [`sniff`] says.
+        found: &'static str,
+    },
     /// Only "qcow2" and "raw" are ever passed to qemu-img.
     #[error("{path}: unsupported image format {format:?} (only qcow2 and raw)", path = path.display())]
     UnsupportedFormat {
