@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use imgstore::backend::cloudimg::{
-    check_untrusted, convert, download, open, plan, qcow2_header, qemu_info, sniff, Error, Format,
-    Limits, Plan, SNIFF_LEN,
+    candidate_format, check_untrusted, convert, download, open, plan, qcow2_header, qemu_info,
+    sniff, Error, Format, Limits, Plan, SNIFF_LEN,
 };
 use tempfile::TempDir;
 
@@ -126,6 +126,24 @@ fn sniff_table() {
             String::from_utf8_lossy(head)
         );
     }
+}
+
+#[test]
+fn candidate_format_decides() {
+    assert_eq!(
+        candidate_format(b"QFI\xfb\0\0\0\x03", "a").unwrap(),
+        "qcow2"
+    );
+    assert_eq!(candidate_format(&[0u8; 512], "b").unwrap(), "raw");
+    let err = candidate_format(b"<!doctype html>", "https://example.com/x.img").unwrap_err();
+    assert!(
+        matches!(&err, Error::Rejected { source_name, format: "HTML" } if source_name == "https://example.com/x.img"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "https://example.com/x.img: is HTML, not a qcow2 or raw disk image"
+    );
 }
 
 #[test]

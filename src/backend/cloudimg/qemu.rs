@@ -166,9 +166,9 @@ fn os_args(parts: &[&OsStr]) -> Vec<OsString> {
 
 /// `qemu-img info --output=json -f <format> <path>`; `format` must be "qcow2" or "raw".
 ///
-/// On its own this trusts the image enough to let qemu open it (qemu does not open backing
-/// files for `info`, but does open an external data file); use [`check_untrusted`] on
-/// anything that came from outside.
+/// On its own this trusts the image enough to let qemu parse it (`info` does not follow backing
+/// files; whether it touches an external data file is up to the qemu version); use
+/// [`check_untrusted`] on anything that came from outside.
 pub fn qemu_info(path: &Path, format: &str) -> Result<ImageInfo, Error> {
     let format = known_format(path, format)?;
     let args = os_args(&[
