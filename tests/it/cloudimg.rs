@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use imgstore::backend::cloudimg::{
-    check_untrusted, convert, download, open, plan, qcow2_header, qemu_info, sniff, Error, Format,
-    Limits, Plan, SNIFF_LEN,
+    candidate_format, check_untrusted, convert, download, open, plan, qcow2_header, qemu_info,
+    sniff, Error, Format, Limits, Plan, SNIFF_LEN,
 };
 use tempfile::TempDir;
 
@@ -126,6 +126,24 @@ fn sniff_table() {
             String::from_utf8_lossy(head)
         );
     }
+}
+
+#[test]
+fn candidate_format_decides() {
+    assert_eq!(
+        candidate_format(b"QFI\xfb\0\0\0\x03", "a").unwrap(),
+        "qcow2"
+    );
+    assert_eq!(candidate_format(&[0u8; 512], "b").unwrap(), "raw");
+    let err = candidate_format(b"<!doctype html>", "https://example.com/x.img").unwrap_err();
+    assert!(
+        matches!(&err, Error::Rejected { source_name, format: "HTML" } if source_name == "https://example.com/x.img"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "https://example.com/x.img: is HTML, not a qcow2 or raw disk image"
+    );
 }
 
 #[test]
@@ -467,6 +485,34 @@ fn corrupt_qcow2_fails_check() {
         }
         other => panic!("expected CheckFailed, got {other:?}"),
     }
+}
+
+#[test]
+fn raw_candidate_must_not_be_another_format() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    qemu_img(&["create", "-f", "qcow2", "v3.qcow2", "1M"], d);
+    let err = check_untrusted(&d.join("v3.qcow2"), "raw", &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::FormatMismatch {
+                asked: "raw",
+                found: "qcow2",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&vec![0u8; 100_000]).unwrap();
+    std::fs::write(d.join("disk.raw.gz"), gz.finish().unwrap()).unwrap();
+    let err = check_untrusted(&d.join("disk.raw.gz"), "raw", &Limits::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::FormatMismatch { found: "gzip", .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("gzip"), "{err}");
 }
 
 /// Leaked clusters (`qemu-img check` exit 3) waste space but never change what the guest reads,
@@ -816,6 +862,40 @@ fn download_chunked_body() {
         fetch(&server.url("/chunked"), &small_limits()).unwrap(),
         data
     );
+}
+
+/// A body with neither Content-Length nor chunking ends when the server closes (HTTP/1.0 style).
+#[test]
+fn download_close_delimited_body() {
+    let server = Server::start();
+    let data = body(50_000);
+    let mut raw = b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    raw.extend_from_slice(&data);
+    server.route("/old", Route::Raw(raw.into()));
+    let dl = open(&server.url("/old"), &small_limits()).unwrap();
+    assert_eq!(dl.content_length(), None);
+    drop(dl);
+    assert_eq!(fetch(&server.url("/old"), &small_limits()).unwrap(), data);
+}
+
+/// We never ask for a content encoding; a server that sends one anyway is refused, rather than
+/// storing bytes other than the served file (and losing the Content-Length check).
+#[test]
+fn download_refuses_unrequested_content_encoding() {
+    let server = Server::start();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&body(10_000)).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut raw = format!(
+        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&gz);
+    server.route("/enc", Route::Raw(raw.into()));
+    let err = fetch(&server.url("/enc"), &small_limits()).unwrap_err();
+    assert!(matches!(&err, Error::Http { .. }), "{err:?}");
+    assert!(err.to_string().contains("Content-Encoding"), "{err}");
 }
 
 #[test]

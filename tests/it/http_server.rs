@@ -49,6 +49,8 @@ pub enum Route {
     },
     /// 200, chunked, zeros forever (until the client goes away or the server stops).
     Endless,
+    /// These exact bytes (status line, headers and body), then close: for odd servers.
+    Raw(Arc<[u8]>),
     /// 200 with `Content-Length`; headers at once, then a pause before the body.
     Slow {
         /// The body.
@@ -289,6 +291,7 @@ fn respond(conn: &mut TcpStream, route: Option<Route>, shared: &Shared) -> std::
             }
             Ok(())
         }
+        Some(Route::Raw(bytes)) => conn.write_all(&bytes),
         Some(Route::Slow { body, delay }) => {
             conn.write_all(&head(
                 200,

@@ -1,5 +1,7 @@
 //! What the first bytes of a source say; pure functions, no I/O.
 
+use super::Error;
+
 /// How many leading bytes [`sniff`] looks at; give it at least this many when the source has them.
 pub const SNIFF_LEN: usize = 512;
 
@@ -76,6 +78,19 @@ pub fn sniff(head: &[u8]) -> Format {
         return Format::Rejected("XML");
     }
     Format::Raw
+}
+
+/// [`sniff`] as a decision: the format to pass to [`super::check_untrusted`] ("qcow2" or "raw"),
+/// or [`Error::Rejected`] naming `source_name` (the file or URL) and what the bytes are.
+pub fn candidate_format(head: &[u8], source_name: &str) -> Result<&'static str, Error> {
+    match sniff(head) {
+        Format::Qcow2 => Ok("qcow2"),
+        Format::Raw => Ok("raw"),
+        Format::Rejected(format) => Err(Error::Rejected {
+            source_name: source_name.to_owned(),
+            format,
+        }),
+    }
 }
 
 /// The fields of a qcow2 header that decide whether an untrusted image is safe to open.

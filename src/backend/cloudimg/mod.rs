@@ -1,14 +1,15 @@
 //! Cloud images: format checks, qemu-img hygiene and conversion, URL download.
 //!
 //! The building blocks of the cloudimg backend, each usable on its own:
-//! - [`sniff`] tells from the first bytes whether a source is qcow2, a raw candidate, or something
-//!   we refuse (HTML error pages, compressed archives, other disk formats);
+//! - [`sniff`] / [`candidate_format`] tell from the first bytes whether a source is qcow2, a raw
+//!   candidate, or something we refuse (HTML error pages, compressed archives, other disk formats);
 //! - [`check_untrusted`] vets a staged file before anything else reads it as a disk: it parses
 //!   the qcow2 header itself (so `qemu-img` never opens a backing or external data file named by
-//!   an untrusted image), caps the virtual size, then confirms with `qemu-img info` and
-//!   `qemu-img check`;
+//!   an untrusted image), refuses a "raw" file that sniffs as something else, caps the virtual
+//!   size, then confirms with `qemu-img info` and `qemu-img check`;
 //! - [`plan`] and [`convert`] decide and perform the conversion to qcow2 v3;
-//! - [`open`] / [`download`] stream an http(s) URL with a size cap, timeouts and length checks.
+//! - [`open`] / [`download`] stream an http(s) URL with a size cap, timeouts and length checks;
+//!   the bytes delivered are exactly the bytes served (no transfer decoding).
 //!
 //! This module never touches the store: it does not know the layout, the index or locks, and it
 //! never renames or deletes anything except the output of a failed [`convert`] (through
@@ -22,7 +23,7 @@ mod format;
 mod http;
 mod qemu;
 
-pub use format::{qcow2_header, sniff, Format, Qcow2Header, SNIFF_LEN};
+pub use format::{candidate_format, qcow2_header, sniff, Format, Qcow2Header, SNIFF_LEN};
 pub use http::{download, open, Download};
 pub use qemu::{check_untrusted, convert, plan, qemu_info, ImageInfo, Plan};
 
@@ -72,6 +73,16 @@ pub enum Error {
         source_name: String,
         /// What the bytes look like ("HTML", "gzip", ...).
         format: &'static str,
+    },
+    /// The file's first bytes contradict the format it is to be read as.
+    #[error("{path}: asked to read it as {asked}, but its first bytes say {found}", path = path.display())]
+    FormatMismatch {
+        /// The image.
+        path: PathBuf,
+        /// The format asked for.
+        asked: &'static str,
+        /// What [`sniff`] says.
+        found: &'static str,
     },
     /// Only "qcow2" and "raw" are ever passed to qemu-img.
     #[error("{path}: unsupported image format {format:?} (only qcow2 and raw)", path = path.display())]

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde::Deserialize;
 
-use super::format::{qcow2_header, QCOW2_INCOMPAT_DATA_FILE};
+use super::format::{qcow2_header, sniff, Format, QCOW2_INCOMPAT_DATA_FILE, SNIFF_LEN};
 use super::{io_err, Error, Limits};
 
 const QEMU_IMG: &str = "qemu-img";
@@ -166,9 +166,9 @@ fn os_args(parts: &[&OsStr]) -> Vec<OsString> {
 
 /// `qemu-img info --output=json -f <format> <path>`; `format` must be "qcow2" or "raw".
 ///
-/// On its own this trusts the image enough to let qemu open it (qemu does not open backing
-/// files for `info`, but does open an external data file); use [`check_untrusted`] on
-/// anything that came from outside.
+/// On its own this trusts the image enough to let qemu parse it (`info` does not follow backing
+/// files; whether it touches an external data file is up to the qemu version); use
+/// [`check_untrusted`] on anything that came from outside.
 pub fn qemu_info(path: &Path, format: &str) -> Result<ImageInfo, Error> {
     let format = known_format(path, format)?;
     let args = os_args(&[
@@ -272,8 +272,26 @@ fn precheck_qcow2(path: &Path, limits: &Limits) -> Result<(), Error> {
     Ok(())
 }
 
+/// A raw candidate must not be something [`sniff`] recognises: reading a qcow2 or an archive as
+/// raw would store its container bytes as the guest's disk.
+fn precheck_raw(path: &Path) -> Result<(), Error> {
+    let mut head = read_head(path)?;
+    head.truncate(SNIFF_LEN);
+    let found = match sniff(&head) {
+        Format::Raw => return Ok(()),
+        Format::Qcow2 => "qcow2",
+        Format::Rejected(name) => name,
+    };
+    Err(Error::FormatMismatch {
+        path: path.to_path_buf(),
+        asked: "raw",
+        found,
+    })
+}
+
 /// Vet an untrusted image: for qcow2, parse the header first and refuse backing files, external
-/// data files and encryption before qemu opens anything; then `qemu-img info` (same refusals,
+/// data files and encryption before qemu opens anything (for raw, refuse bytes [`sniff`]
+/// recognises as something else); then `qemu-img info` (same refusals,
 /// plus the virtual-size cap and empty images) and, for qcow2, `qemu-img check`.
 ///
 /// `qemu-img check` exit status 3 (leaked clusters, no corruption) is accepted: leaks only waste
@@ -282,6 +300,8 @@ pub fn check_untrusted(path: &Path, format: &str, limits: &Limits) -> Result<Ima
     let format = known_format(path, format)?;
     if format == "qcow2" {
         precheck_qcow2(path, limits)?;
+    } else {
+        precheck_raw(path)?;
     }
     let info = qemu_info(path, format)?;
     if let Some(backing) = &info.backing_file {
