@@ -27,3 +27,10 @@ fn digest_seeds() {
         }
     }
 }
+
+#[test]
+fn unpack_seeds() {
+    for (_, data) in seeds("unpack") {
+        imgstore::backend::oci::unpack::fuzz_check(&data);
+    }
+}
