@@ -386,17 +386,24 @@ fn dotdot_entry_is_traversal() {
 
 #[test]
 fn writing_through_a_symlink_is_refused() {
-    let passwd_before = fs::read("/etc/passwd").unwrap();
+    // The "system" directory the layer aims at is a sandbox sibling, never the real /etc: a
+    // regression here must not be able to clobber the host's files.
     let (td, dest, outside) = sandbox();
+    fs::write(outside.join("passwd"), b"original").unwrap();
     let mut l = Layer::new();
-    l.symlink("evil", "/etc")
-        .file("evil/passwd", b"root::0:0::/:/bin/sh\n", 0o644, (0, 0));
+    l.symlink("evil", outside.to_str().unwrap()).file(
+        "evil/passwd",
+        b"root::0:0::/:/bin/sh\n",
+        0o644,
+        (0, 0),
+    );
     let err = unpack_layer(&l.finish()[..], &dest).unwrap_err();
     assert!(
         matches!(&err, Error::NotADirectory { entry, parent } if entry == "evil/passwd" && parent == "evil"),
         "{err}"
     );
-    assert_eq!(fs::read("/etc/passwd").unwrap(), passwd_before);
+    assert_eq!(fs::read(outside.join("passwd")).unwrap(), b"original");
+    fs::remove_file(outside.join("passwd")).unwrap();
 
     let mut l = Layer::new();
     l.symlink("out", outside.to_str().unwrap())
@@ -446,10 +453,14 @@ fn hard_links_that_escape_are_refused() {
         "{err}"
     );
 
+    fs::write(outside.join("passwd"), b"original").unwrap();
     let mut l = Layer::new();
-    l.symlink("etc", "/etc").hardlink("h", "etc/passwd");
+    l.symlink("etc", outside.to_str().unwrap())
+        .hardlink("h", "etc/passwd");
     let err = unpack_layer(&l.finish()[..], &dest).unwrap_err();
     assert!(matches!(&err, Error::LinkEscape { .. }), "{err}");
+    assert_eq!(fs::metadata(outside.join("passwd")).unwrap().nlink(), 1);
+    fs::remove_file(outside.join("passwd")).unwrap();
 
     let mut l = Layer::new();
     l.hardlink("h", "/etc/passwd");
@@ -461,18 +472,24 @@ fn hard_links_that_escape_are_refused() {
 
 #[test]
 fn absolute_paths_land_inside_dest() {
+    // The absolute path names the sandbox's `outside` dir (not the host's /etc), so a
+    // regression writes into the sandbox, where the test sees it, and nowhere else.
     let (td, dest, outside) = sandbox();
+    let abs = outside.join("foo");
+    let abs = abs.to_str().unwrap();
+    let link = format!("{abs}.link");
     let mut l = Layer::new();
-    l.file("/etc/foo", b"foo", 0o600, (0, 0))
-        .hardlink("/etc/bar", "/etc/foo");
+    l.file(abs, b"foo", 0o600, (0, 0)).hardlink(&link, abs);
     let report = unpack_layer(&l.finish()[..], &dest).unwrap();
     assert_eq!(report.files, 2);
-    assert_eq!(fs::read(dest.join("etc/foo")).unwrap(), b"foo");
+    let inside = dest.join(abs.trim_start_matches('/'));
+    assert_eq!(fs::read(&inside).unwrap(), b"foo");
     assert_eq!(
-        fs::metadata(dest.join("etc/bar")).unwrap().ino(),
-        fs::metadata(dest.join("etc/foo")).unwrap().ino()
+        fs::metadata(dest.join(link.trim_start_matches('/')))
+            .unwrap()
+            .ino(),
+        fs::metadata(&inside).unwrap().ino()
     );
-    assert!(!Path::new("/etc/foo").exists() || fs::read("/etc/foo").unwrap() != b"foo");
     assert_untouched(&td, &outside);
 }
 
@@ -508,6 +525,22 @@ fn failed_conversion_leaves_nothing() {
     // A truncated gzip stream fails as a tar error, with the same cleanup.
     let gz = gzip(&sample_layer());
     let (layer, digest) = write_layer(&env, &gz[..gz.len() / 2]);
+    let err = convert_layer(&layer, &digest, &env.work, &env.out, &env.boot).unwrap_err();
+    assert!(matches!(err, Error::Tar { .. }), "{err}");
+    assert_work_clean(&env, &[]);
+    assert!(!env.out.exists());
+
+    // So does a truncated zstd stream: the tool's failure surfaces, its process is reaped.
+    let tar = env.root.join("plain.tar");
+    fs::write(&tar, sample_layer()).unwrap();
+    let out = Command::new("zstd")
+        .arg("-q")
+        .arg("-c")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (layer, digest) = write_layer(&env, &out.stdout[..out.stdout.len() / 2]);
     let err = convert_layer(&layer, &digest, &env.work, &env.out, &env.boot).unwrap_err();
     assert!(matches!(err, Error::Tar { .. }), "{err}");
     assert_work_clean(&env, &[]);

@@ -43,3 +43,10 @@ fn lookup_seeds() {
         imgstore::lookup::fuzz_check(&data);
     }
 }
+
+#[test]
+fn unpack_seeds() {
+    for (_, data) in seeds("unpack") {
+        imgstore::backend::oci::unpack::fuzz_check(&data);
+    }
+}

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use super::boot::{BootKind, Candidates};
+use tar::EntryType;
+
 use super::unpack::{self, normalize_entry_path, open_layer, Compression, UnpackReport};
 use crate::digest::Digest;
 use crate::fsutil;
@@ -410,11 +412,12 @@ fn convert_with_tar_mode(
         path: &tar_path,
         write_error: None,
     };
-    let (report, saved) = scan_boot_files(&mut tee, scratch)?;
-    io::copy(&mut tee, &mut io::sink()).map_err(|source| Error::Tar { source })?;
+    let scanned = scan_boot_files(&mut tee, scratch).and_then(|s| drain(&mut tee).map(|()| s));
+    // A failed write to the copy surfaces to the tar reader as a bare error; report the cause.
     if let Some(e) = tee.write_error.take() {
         return Err(e);
     }
+    let (report, saved) = scanned?;
     let Tee { inner, .. } = tee;
     inner.finish()?;
 
@@ -428,7 +431,7 @@ fn convert_with_tar_mode(
     fsck(out)?;
     let pick = |p: &Option<PathBuf>| {
         p.as_ref()
-            .and_then(|p| saved.iter().find(|(q, _)| q == p))
+            .and_then(|p| saved.iter().rev().find(|(q, _)| q == p))
             .map(|(_, s)| s.clone())
     };
     let sources = [
@@ -436,6 +439,12 @@ fn convert_with_tar_mode(
         (BootKind::Initrd, pick(&report.boot.initrd)),
     ];
     Ok((report, sources))
+}
+
+fn drain(r: &mut impl Read) -> Result<(), Error> {
+    io::copy(r, &mut io::sink())
+        .map(drop)
+        .map_err(|source| Error::Tar { source })
 }
 
 /// Reads through, copying every byte read to a file (the decompressed tar for mkfs.erofs).
@@ -460,7 +469,8 @@ impl<R: Read> Read for Tee<'_, R> {
 }
 
 /// Stream a tar only to find its boot files, saving each candidate's bytes under `scratch`.
-/// Returns the report (`files` counts regular files) and (layer path, saved copy) pairs.
+/// Returns the report (counted as [`unpack::unpack_layer`] counts) and (layer path, saved
+/// copy) pairs.
 fn scan_boot_files(
     reader: &mut impl Read,
     scratch: &Path,
@@ -478,15 +488,41 @@ fn scan_boot_files(
                 entry: String::from_utf8_lossy(&raw).into_owned(),
             });
         };
-        let mut target = rel.clone();
-        if let Some(name) = rel.file_name().map(|n| n.as_encoded_bytes().to_vec()) {
-            if let Some(rest) = name.strip_prefix(b".wh.") {
-                report.whiteouts += 1;
-                target.set_file_name(std::ffi::OsStr::from_bytes(rest));
+        let whiteout = rel
+            .file_name()
+            .and_then(|n| n.as_bytes().strip_prefix(b".wh."))
+            .map(<[u8]>::to_vec);
+        if let Some(hidden) = whiteout {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(Error::Traversal {
+                    entry: String::from_utf8_lossy(&raw).into_owned(),
+                });
             }
+            // Counted as unpack_layer counts them. `.wh..wh..opq` hides lower layers only; a
+            // `.wh.<name>` also drops this layer's earlier <name>, as the unpacked tree would.
+            if hidden == b".wh..opq" {
+                report.whiteouts += 1;
+            } else if hidden.starts_with(b".wh.") {
+                report.skipped += 1;
+            } else {
+                candidates.remove_under(&rel.with_file_name(std::ffi::OsStr::from_bytes(&hidden)));
+                report.whiteouts += 1;
+            }
+            continue;
         }
-        candidates.remove_under(&target);
-        if entry.header().entry_type().is_file() {
+        candidates.remove_under(&rel);
+        let kind = entry.header().entry_type();
+        let regular = matches!(
+            kind,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+        );
+        match kind {
+            EntryType::Directory | EntryType::XGlobalHeader => {}
+            EntryType::Symlink | EntryType::Link | EntryType::Fifo => report.files += 1,
+            _ if !regular => report.skipped += 1,
+            _ => {}
+        }
+        if regular {
             report.files += 1;
             if candidates.offer(&rel).is_some() {
                 let copy = scratch.join(format!("boot.{}", saved.len()));
@@ -520,6 +556,48 @@ mod tests {
             parse_version("mkfs.erofs: unrecognized option '--version'\nusage: x\n"),
             None
         );
+    }
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// The tar-mode path (erofs-utils 1.8+, not installed here) finds boot files by streaming:
+    /// a later entry replaces an earlier one, a whiteout removes it, and the copy is exact.
+    #[test]
+    fn tar_mode_scan_saves_boot_files_and_copies_stream() {
+        let td = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[
+            ("boot/vmlinuz-6.1", b"first"),
+            ("boot/initrd.img-6.1", b"initrd"),
+            ("boot/vmlinuz-6.1", b"second"),
+            ("boot/.wh.initrd.img-6.1", b""),
+            ("etc/hostname", b"box"),
+        ]);
+        let copy_path = td.path().join("copy.tar");
+        let mut tee = Tee {
+            inner: &tar[..],
+            copy: Some(File::create(&copy_path).unwrap()),
+            path: &copy_path,
+            write_error: None,
+        };
+        let (report, saved) = scan_boot_files(&mut tee, td.path()).unwrap();
+        drain(&mut tee).unwrap();
+        drop(tee);
+        assert_eq!(fs::read(&copy_path).unwrap(), tar);
+        assert_eq!(report.files, 4);
+        assert_eq!(report.whiteouts, 1);
+        assert_eq!(report.boot.initrd, None);
+        let kernel = report.boot.kernel.unwrap();
+        let (_, copy) = saved.iter().rev().find(|(p, _)| *p == kernel).unwrap();
+        assert_eq!(fs::read(copy).unwrap(), b"second");
     }
 
     #[test]

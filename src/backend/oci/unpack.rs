@@ -558,12 +558,20 @@ fn copy_data(src: &mut impl Read, f: &mut File, path: &Path) -> Result<(), Error
 /// (a sibling directory stays empty). Runs in a fresh sandbox under the system temp dir.
 pub fn fuzz_check(data: &[u8]) {
     use std::sync::atomic::{AtomicU64, Ordering};
+    /// Removes the sandbox also when an assertion fails (seed tests keep running).
+    struct Sandbox(PathBuf);
+    impl Drop for Sandbox {
+        fn drop(&mut self) {
+            let _ = fsutil::remove_dir_all(&self.0);
+        }
+    }
     static N: AtomicU64 = AtomicU64::new(0);
     let sandbox = std::env::temp_dir().join(format!(
         "imgstore-fuzz-unpack.{}.{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
+    let _guard = Sandbox(sandbox.clone());
     let dest = sandbox.join("dest");
     let outside = sandbox.join("outside");
     fs::create_dir_all(&dest).expect("creating fuzz sandbox");
@@ -580,7 +588,6 @@ pub fn fuzz_check(data: &[u8]) {
         0,
         "unpack wrote outside dest"
     );
-    fsutil::remove_dir_all(&sandbox).expect("removing fuzz sandbox");
 }
 
 #[cfg(test)]
