@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::backend::cloudimg::{self, Format, Plan};
 use crate::digest::{Digest, Sums};
-use crate::fsutil::{self, TempFile};
+use crate::fsutil::{self, TempDir};
 use crate::index::CloudEntry;
 use crate::ingest::{self, Expected};
 use crate::store::{Error, Kind, Store};
@@ -193,29 +193,34 @@ impl Store {
         let key = staged.sums.sha256;
 
         let guard = self.lock_digest(Kind::CloudImg, &key)?;
-        let blob = b.blob_path(&key);
-        let (sums, reused) = if blob.exists() {
+        let recorded = self.recorded_cloud_sums(&key)?;
+        let (sums, reused) = if let Some(sums) = self.usable_blob(Kind::CloudImg, &key, recorded)? {
             drop(staged);
-            (self.existing_cloud_sums(&key)?, true)
+            (sums, true)
         } else {
             let fmt = match format {
                 Format::Qcow2 => "qcow2",
                 _ => "raw",
             };
             let info = cloudimg::check_untrusted(staged.temp.path(), fmt, &self.opts.cloud_limits)?;
-            let (file, sums) = match cloudimg::plan(&info) {
-                Plan::StoreAsIs => (staged.temp, staged.sums),
-                Plan::Convert { from } => {
-                    let out = TempFile::path_in(&b.temp_dir(), "convert")?;
-                    self.progress(&format!("converting {name}"), 0, None);
-                    cloudimg::convert(staged.temp.path(), from, out.path())?;
-                    drop(staged);
-                    cloudimg::check_untrusted(out.path(), "qcow2", &self.opts.cloud_limits)?;
-                    let sums = verify::sums_of_file(out.path())?;
-                    (out, sums)
+            match cloudimg::plan(&info) {
+                Plan::StoreAsIs => {
+                    let sums =
+                        self.publish_blob(Kind::CloudImg, &key, staged.temp.path(), staged.sums)?;
+                    staged.temp.forget();
+                    (sums, false)
                 }
-            };
-            (self.publish_blob(Kind::CloudImg, &key, file, sums)?, false)
+                Plan::Convert { from } => {
+                    let work = TempDir::create_in(&b.temp_dir(), "convert")?;
+                    let out = work.path().join("out.qcow2");
+                    self.progress(&format!("converting {name}"), 0, None);
+                    cloudimg::convert(staged.temp.path(), from, &out)?;
+                    drop(staged);
+                    cloudimg::check_untrusted(&out, "qcow2", &self.opts.cloud_limits)?;
+                    let sums = verify::sums_of_file(&out)?;
+                    (self.publish_blob(Kind::CloudImg, &key, &out, sums)?, false)
+                }
+            }
         };
 
         let w = self.on_wait();
@@ -243,24 +248,15 @@ impl Store {
         })
     }
 
-    /// Sums of an already stored cloud blob: as recorded by any entry, else hashed now (a blob
-    /// left by a removed image, or recorded by cocoon without sums).
-    fn existing_cloud_sums(&self, key: &Digest) -> Result<Sums, Error> {
-        let b = self.layout.backend(Kind::CloudImg);
-        let path = b.blob_path(key);
+    /// The sums any cloud entry records for blob `key`.
+    fn recorded_cloud_sums(&self, key: &Digest) -> Result<Option<Sums>, Error> {
         let w = self.on_wait();
         let idx = self.cloud_db().read(self.opts.lock_wait, &w)?;
-        let recorded = idx
+        let sums = idx
             .entries()
             .filter(|(_, e)| e.content_sum == *key)
             .find_map(|(_, e)| e.blob);
-        let actual_size = std::fs::metadata(&path)
-            .map_err(|e| Error::Other(format!("reading {}: {e}", path.display())))?
-            .len();
-        match recorded {
-            Some(s) if s.size == actual_size => Ok(s),
-            _ => Ok(verify::sums_of_file(&path)?),
-        }
+        Ok(sums)
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::digest::{Algorithm, Digest, Sums};
-use crate::fsutil::{self, TempFile};
+use crate::fsutil;
 use crate::gc::{self, GcOptions, GcReport, PinSource};
 use crate::index::file::Db;
 use crate::index::{CloudEntry, Entry, IndexFile, OciEntry};
@@ -720,40 +720,68 @@ impl Store {
         )?)
     }
 
-    /// Publish a staged file as `blobs/<key>.<ext>` unless a good one is already there.
-    /// The caller must hold the digest lock of `key`. Returns the sums of the blob now in place.
+    /// Publish a finished temp file at `src` as `blobs/<key>.<ext>` unless one is already there.
+    /// The caller must hold the digest lock of `key`, and keeps owning the temp file (its drop
+    /// cleans up whatever was not moved). Returns the sums of the blob now in place.
     fn publish_blob(
         &self,
         kind: Kind,
         key: &Digest,
-        staged: TempFile,
+        src: &Path,
         sums: Sums,
     ) -> Result<Sums, Error> {
         let b = self.layout.backend(kind);
         fsutil::create_dir_all(&b.blobs_dir())?;
         let dest = b.blob_path(key);
-        staged.sync()?;
-        match fsutil::publish_noclobber(staged.path(), &dest)? {
-            fsutil::Published::New => {
-                staged.forget();
-                Ok(sums)
-            }
+        std::fs::File::open(src)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::Other(format!("syncing {}: {e}", src.display())))?;
+        match fsutil::publish_noclobber(src, &dest)? {
+            fsutil::Published::New => Ok(sums),
             fsutil::Published::Existing => {
-                // Another ingest published it first (or an orphan is still there): keep it if it
-                // is the same content, otherwise it is damaged and ours replaces it.
-                drop(staged);
+                // Only possible if something outside the digest-lock protocol wrote it: keep it
+                // if it holds the same bytes, never overwrite it.
                 let existing = verify::sums_of_file(&dest)?;
                 if existing.sha256 == sums.sha256 {
                     Ok(existing)
                 } else {
                     Err(Error::Other(format!(
-                        "{} exists with different content ({}, expected {}); run `imgstore verify` and `imgstore gc`",
+                        "{} exists with different content ({}, expected {}); run `imgstore verify`",
                         dest.display(),
                         existing.sha256,
                         sums.sha256
                     )))
                 }
             }
+        }
+    }
+
+    /// The sums of the stored blob `key`, if it is there and usable: its size must match what
+    /// an index records for it; a blob no index describes (left by a removed image, or stored by
+    /// cocoon) is hashed now. A blob whose size contradicts the record is damaged: it is removed
+    /// so the caller stores a fresh copy. The caller must hold the digest lock of `key`.
+    fn usable_blob(
+        &self,
+        kind: Kind,
+        key: &Digest,
+        recorded: Option<Sums>,
+    ) -> Result<Option<Sums>, Error> {
+        let path = self.layout.backend(kind).blob_path(key);
+        let Some(size) = file_size(&path)? else {
+            return Ok(None);
+        };
+        match recorded {
+            Some(s) if s.size == size => Ok(Some(s)),
+            Some(_) => {
+                tracing::warn!("{} has the wrong size; storing it again", path.display());
+                fsutil::remove_file(&path)?;
+                Ok(None)
+            }
+            None if size == 0 => {
+                fsutil::remove_file(&path)?;
+                Ok(None)
+            }
+            None => Ok(Some(verify::sums_of_file(&path)?)),
         }
     }
 }
