@@ -1,1 +1,2 @@
 //! OCI images: registry client, layer to EROFS conversion, boot files.
+pub mod registry;
