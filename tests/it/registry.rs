@@ -2,7 +2,9 @@
 
 use std::cell::Cell;
 
-use imgstore::backend::oci::registry::{Client, ClientOptions, Credentials, Error, Platform};
+use imgstore::backend::oci::registry::{
+    Client, ClientOptions, Credentials, Error, Platform, DOCKER_LIST, DOCKER_MANIFEST,
+};
 use imgstore::Digest;
 
 use crate::oci_image::{host_and_other_arch, ImageBuilder, LayerBuilder, OciLayout};
@@ -251,6 +253,21 @@ fn a_corrupted_blob_on_the_registry_is_a_digest_mismatch() {
         other => panic!("expected DigestMismatch, got {other:?}"),
     }
 
+    // A truncated blob is caught by its size, whatever Content-Length the registry sends.
+    let truncated = &built.layers[0];
+    let data = registry.blob_data_path(&truncated.digest);
+    std::fs::write(&data, &truncated.gz[..truncated.gz.len() / 2]).unwrap();
+    let err = client
+        .fetch_blob(
+            &registry.host(),
+            "app",
+            &resolved.manifest.layers[0],
+            || Ok(Vec::new()),
+            |_| {},
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::SizeMismatch { .. }), "{err:?}");
+
     // A corrupt config fails the resolve itself.
     let config = registry.blob_data_path(&resolved.manifest.config.digest);
     let mut bytes = std::fs::read(&config).unwrap();
@@ -380,6 +397,10 @@ fn a_registry_killed_mid_pull_is_an_error_not_a_hang() {
         matches!(err, Error::Transport { .. } | Error::Read { .. }),
         "{err:?}"
     );
+
+    // And with the registry gone, a resolve fails after its retries instead of waiting.
+    let err = client.resolve(&host, "big", "big").unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
 }
 
 /// A download broken by a registry restart starts over in a fresh sink and succeeds.
@@ -422,4 +443,95 @@ fn a_broken_download_is_retried_from_scratch_into_a_fresh_sink() {
     assert!(opened.get() >= 2, "sink opened {} times", opened.get());
     assert_eq!(bytes.len() as u64, layer.size);
     assert_eq!(bytes, built.layers[0].gz);
+}
+
+#[test]
+fn docker_schema2_manifests_and_lists_resolve_too() {
+    let (host_arch, _) = host_and_other_arch();
+    let registry = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(dir.path());
+    layout.add_image("single", &ImageBuilder::sample(host_arch));
+    layout.add_index(
+        "multi",
+        &[
+            ImageBuilder::sample("amd64"),
+            ImageBuilder::sample("arm64").variant("v8"),
+        ],
+    );
+    registry.push_oci_layout_as_docker(dir.path(), "docker", "single");
+    registry.push_oci_layout_as_docker(dir.path(), "docker", "multi");
+
+    let client = client();
+    for tag in ["single", "multi"] {
+        let resolved = client.resolve(&registry.host(), "docker", tag).unwrap();
+        assert_eq!(resolved.manifest.media_type, DOCKER_MANIFEST, "{tag}");
+        assert_eq!(resolved.manifest_digest, Digest::sha256_of(&resolved.raw));
+        let config: serde_json::Value = serde_json::from_slice(&resolved.config).unwrap();
+        assert_eq!(config["architecture"], host_arch);
+        let top = resolved.index_digest.unwrap_or(resolved.manifest_digest);
+        assert_eq!(top, registry.skopeo_digest("docker", tag), "{tag}");
+    }
+    let list: serde_json::Value =
+        serde_json::from_slice(&registry.skopeo_raw("docker", "multi")).unwrap();
+    assert_eq!(list["mediaType"], DOCKER_LIST);
+    let multi = client.resolve(&registry.host(), "docker", "multi").unwrap();
+    assert!(multi.index_digest.is_some());
+}
+
+#[test]
+fn the_client_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Client>();
+}
+
+#[test]
+fn token_auth_registry_gets_a_bearer_token_once_per_repository() {
+    let (host_arch, _) = host_and_other_arch();
+    let registry = TestRegistry::start_with_token_auth("carol", "t0ken-pass");
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(dir.path());
+    let built = layout.add_image("v1", &ImageBuilder::sample(host_arch));
+    registry.push_oci_layout(dir.path(), "org/app", "v1");
+
+    let client = Client::new(ClientOptions {
+        credentials: Some(Credentials::new("carol", "t0ken-pass")),
+        ..options()
+    });
+    let before = registry.tokens_issued();
+    let resolved = client.resolve(&registry.host(), "org/app", "v1").unwrap();
+    assert_eq!(resolved.manifest_digest, built.manifest_digest);
+    let after_resolve = registry.tokens_issued();
+    assert_eq!(
+        after_resolve,
+        before + 1,
+        "one token for manifest and config"
+    );
+    for (desc, layer) in resolved.manifest.layers.iter().zip(&built.layers) {
+        let bytes = client
+            .fetch_blob(&registry.host(), "org/app", desc, || Ok(Vec::new()), |_| {})
+            .unwrap();
+        assert_eq!(bytes, layer.gz);
+    }
+    assert_eq!(
+        registry.tokens_issued(),
+        after_resolve,
+        "the token is reused"
+    );
+
+    let wrong = Client::new(ClientOptions {
+        credentials: Some(Credentials::new("carol", "nope")),
+        ..options()
+    });
+    let err = wrong
+        .resolve(&registry.host(), "org/app", "v1")
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("carol"), "{err}");
+
+    let err = Client::new(options())
+        .resolve(&registry.host(), "org/app", "v1")
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("anonymous"), "{err}");
 }

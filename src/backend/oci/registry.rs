@@ -427,6 +427,9 @@ impl Client {
         } = opts;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Blob GETs often redirect to object storage, which must not see the registry token
+            // (S3 rejects a request carrying two auth mechanisms); same-host redirects keep it.
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
             .user_agent(concat!("imgstore/", env!("CARGO_PKG_VERSION")))
             .timeout_resolve(Some(connect_timeout))
             .timeout_connect(Some(connect_timeout))
@@ -916,9 +919,15 @@ impl Client {
                 return Err(status_error(&repo.api_host, what, status, &body));
             }
             // A wrong Content-Length means the registry holds other bytes; no point reading.
+            // With a Content-Encoding the length is of the encoded form (ureq decodes gzip).
+            let encoded = response
+                .headers()
+                .get("content-encoding")
+                .is_some_and(|v| v.as_bytes() != b"identity");
             let announced = response
                 .headers()
                 .get("content-length")
+                .filter(|_| !encoded)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if let Some(len) = announced.filter(|&len| len != blob.size) {
