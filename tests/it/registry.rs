@@ -535,3 +535,35 @@ fn token_auth_registry_gets_a_bearer_token_once_per_repository() {
     assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
     assert!(err.to_string().contains("anonymous"), "{err}");
 }
+
+/// A manifest damaged in the registry's storage is caught by tag (Docker-Content-Digest) and by
+/// digest, before its contents are trusted.
+#[test]
+fn a_corrupted_manifest_is_a_digest_mismatch_by_tag_and_by_digest() {
+    let (host_arch, _) = host_and_other_arch();
+    let registry = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(dir.path());
+    let built = layout.add_image("v1", &ImageBuilder::sample(host_arch));
+    registry.push_oci_layout(dir.path(), "app", "v1");
+
+    let data = registry.blob_data_path(&built.manifest_digest);
+    let text = String::from_utf8(std::fs::read(&data).unwrap()).unwrap();
+    // Same length and still valid JSON, so only the digest can tell.
+    let damaged = text.replacen("config.v1+json", "config.v1+jsoN", 1);
+    assert_ne!(damaged, text);
+    std::fs::write(&data, &damaged).unwrap();
+
+    let client = client();
+    for reference in ["v1".to_owned(), built.manifest_digest.to_string()] {
+        match client.resolve(&registry.host(), "app", &reference) {
+            Err(Error::DigestMismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, built.manifest_digest, "{reference}");
+                assert_eq!(actual, Digest::sha256_of(damaged.as_bytes()), "{reference}");
+            }
+            other => panic!("{reference}: expected DigestMismatch, got {other:?}"),
+        }
+    }
+}

@@ -257,7 +257,7 @@ impl Default for ClientOptions {
 }
 
 /// An image manifest chosen for the client's platform, with its verified config.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Resolved {
     /// Digest of [`Resolved::raw`]: the platform manifest's identity.
     pub manifest_digest: Digest,
@@ -269,6 +269,19 @@ pub struct Resolved {
     pub config: Vec<u8>,
     /// Digest of the index or manifest list the reference pointed at, when it was one.
     pub index_digest: Option<Digest>,
+}
+
+impl std::fmt::Debug for Resolved {
+    // Byte arrays as numbers are unreadable in test failures and logs; sizes say enough.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("manifest_digest", &self.manifest_digest)
+            .field("manifest", &self.manifest)
+            .field("raw", &format_args!("<{} bytes>", self.raw.len()))
+            .field("config", &format_args!("<{} bytes>", self.config.len()))
+            .field("index_digest", &self.index_digest)
+            .finish()
+    }
 }
 
 /// A blocking registry client; share it between threads to fetch layers concurrently.
@@ -300,6 +313,14 @@ impl std::fmt::Debug for Client {
 struct TokenResponse {
     token: Option<String>,
     access_token: Option<String>,
+}
+
+/// A manifest response.
+struct FetchedManifest {
+    body: Vec<u8>,
+    content_type: Option<String>,
+    /// The `Docker-Content-Digest` header, when it names a digest this client can compute.
+    announced: Option<Digest>,
 }
 
 /// One repository on one registry, with the URL base to reach it.
@@ -708,28 +729,35 @@ impl Client {
         Ok(body)
     }
 
-    /// GET a manifest by tag or digest: its bytes and Content-Type.
-    fn get_manifest(
-        &self,
-        repo: &Repo<'_>,
-        reference: &str,
-    ) -> Result<(Vec<u8>, Option<String>), Error> {
+    /// GET a manifest by tag or digest: its bytes, Content-Type and `Docker-Content-Digest`.
+    fn get_manifest(&self, repo: &Repo<'_>, reference: &str) -> Result<FetchedManifest, Error> {
         let what = repo.what("manifest", reference);
         let url = repo.url("manifests", reference);
         self.with_retries(|| {
             let response = self.get_authed(repo, &url, Some(manifest::ACCEPT_MANIFESTS), &what)?;
             let status = response.status().as_u16();
-            let content_type = response
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let content_type = header("content-type");
+            // Ignored unless it is a digest we can check: it is a hint, the bytes are the truth.
+            let announced = header("docker-content-digest")
+                .and_then(|d| Digest::parse(d.trim()).ok())
+                .filter(|d| Hasher::new(d.algorithm()).is_some());
             if status == 404 {
                 return Err(not_found(repo, reference));
             }
             let body = Self::read_limited(repo, response, MANIFEST_LIMIT, &what)?;
             check_status(repo, &what, status, &body)?;
-            Ok((body, content_type))
+            Ok(FetchedManifest {
+                body,
+                content_type,
+                announced,
+            })
         })
     }
 
@@ -751,10 +779,17 @@ impl Client {
         let repo = self.repo(host, repository)?;
         let image = repo.image(reference);
 
-        let (mut raw, content_type) = self.get_manifest(&repo, reference)?;
-        let algorithm = pinned.map_or(Algorithm::Sha256, |d| d.algorithm());
+        let FetchedManifest {
+            body: mut raw,
+            content_type,
+            announced,
+        } = self.get_manifest(&repo, reference)?;
+        // By tag, the registry's Docker-Content-Digest is what the tag points at: bytes that
+        // do not hash to it were damaged in storage or on the way.
+        let expected = pinned.or(announced);
+        let algorithm = expected.map_or(Algorithm::Sha256, |d| d.algorithm());
         let mut digest = digest_bytes(algorithm, &raw, &repo.what("manifest", reference))?;
-        if let Some(expected) = pinned {
+        if let Some(expected) = expected {
             if digest != expected {
                 return Err(Error::DigestMismatch {
                     what: repo.what("manifest", reference),
@@ -793,7 +828,11 @@ impl Client {
             })?;
             let child = entry.digest.to_string();
             let what = repo.what("manifest", &child);
-            let (bytes, content_type) = self.get_manifest(&repo, &child)?;
+            let FetchedManifest {
+                body: bytes,
+                content_type,
+                ..
+            } = self.get_manifest(&repo, &child)?;
             if bytes.len() as u64 != entry.size {
                 return Err(Error::SizeMismatch {
                     what,
