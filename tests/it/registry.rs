@@ -483,6 +483,8 @@ fn docker_schema2_manifests_and_lists_resolve_too() {
 fn the_client_can_be_shared_between_threads() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Client>();
+    send_sync::<Error>();
+    send_sync::<imgstore::backend::oci::registry::Resolved>();
 }
 
 #[test]
