@@ -13,3 +13,6 @@ mod lookup;
 mod reference;
 mod support;
 mod verify;
+mod oci_image;
+mod registry;
+mod registry_server;

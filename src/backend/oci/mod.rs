@@ -3,3 +3,4 @@
 pub mod boot;
 pub mod erofs;
 pub mod unpack;
+pub mod registry;

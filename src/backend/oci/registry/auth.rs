@@ -1,0 +1,367 @@
+//! Registry authentication pieces: `WWW-Authenticate` challenges, base64, docker config credentials.
+//!
+//! Pure functions plus one read of the docker config file; this module sends no requests and
+//! keeps no state (the token cache lives in the client).
+#![allow(
+    clippy::result_large_err,
+    reason = "shares the registry Error, whose DigestMismatch is large; see registry.rs"
+)]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::Error;
+
+/// A user name and password for a registry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or personal access token.
+    pub password: String,
+}
+
+impl Credentials {
+    /// Credentials from a user name and password.
+    #[must_use]
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The value of an `Authorization: Basic …` header.
+    pub(crate) fn basic_header(&self) -> String {
+        let mut raw = Vec::with_capacity(self.username.len() + self.password.len() + 1);
+        raw.extend_from_slice(self.username.as_bytes());
+        raw.push(b':');
+        raw.extend_from_slice(self.password.as_bytes());
+        format!("Basic {}", base64_encode(&raw))
+    }
+}
+
+impl fmt::Debug for Credentials {
+    // The password must never reach logs or error messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What a registry asked for in a 401's `WWW-Authenticate` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Challenge {
+    /// Token auth: GET `realm?service=…&scope=…`, then send `Bearer <token>`.
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    /// Send the credentials themselves.
+    Basic,
+}
+
+/// Parse the first challenge we understand from a `WWW-Authenticate` value.
+///
+/// Parameters are `key=value` or `key="quoted, value"` separated by commas (RFC 7235); scopes
+/// contain commas and colons, so quoting must be honoured.
+pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = match header.find(char::is_whitespace) {
+        Some(i) => (&header[..i], header[i..].trim_start()),
+        None => (header, ""),
+    };
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let (mut realm, mut service, mut scope) = (None, None, None);
+    for (key, value) in auth_params(rest) {
+        match key.to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(value),
+            "service" => service = Some(value),
+            "scope" => scope = Some(value),
+            _ => {}
+        }
+    }
+    Some(Challenge::Bearer {
+        realm: realm?,
+        service,
+        scope,
+    })
+}
+
+fn auth_params(mut s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    loop {
+        s = s.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        let Some(eq) = s.find('=') else { break };
+        let key = s[..eq].trim().to_owned();
+        s = s[eq + 1..].trim_start();
+        let value = if let Some(quoted) = s.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            value.push(escaped);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => value.push(c),
+                }
+            }
+            s = &quoted[end..];
+            value
+        } else {
+            let end = s.find(',').unwrap_or(s.len());
+            let value = s[..end].trim().to_owned();
+            s = &s[end..];
+            value
+        };
+        out.push((key, value));
+    }
+    out
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub(crate) fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decode standard base64; padding optional, whitespace ignored. `None` on any other character.
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    let mut padding = false;
+    for c in text.bytes() {
+        if c.is_ascii_whitespace() {
+            continue;
+        }
+        if c == b'=' {
+            padding = true;
+            continue;
+        }
+        if padding {
+            return None; // data after padding
+        }
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // Six leftover bits cannot come from whole bytes.
+    (bits < 6).then_some(out)
+}
+
+/// Where the docker config is looked for when the options name none.
+pub(crate) fn default_docker_config() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|home| PathBuf::from(home).join(".docker").join("config.json"))
+}
+
+#[derive(serde::Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: std::collections::BTreeMap<String, DockerAuth>,
+}
+
+#[derive(serde::Deserialize)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// The keys under `auths` that may hold credentials for `host` (docker writes several spellings).
+fn config_keys(host: &str) -> Vec<String> {
+    let mut keys = vec![
+        host.to_owned(),
+        format!("https://{host}"),
+        format!("http://{host}"),
+        format!("https://{host}/v1/"),
+        format!("https://{host}/v2/"),
+    ];
+    if matches!(
+        host,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    ) {
+        for alias in [
+            "https://index.docker.io/v1/",
+            "index.docker.io",
+            "docker.io",
+            "registry-1.docker.io",
+        ] {
+            keys.push(alias.to_owned());
+        }
+    }
+    keys
+}
+
+/// Credentials for `host` from a docker `config.json`; a missing file means none.
+///
+/// Only inline `auths` entries are read; credential helpers (`credsStore`, `credHelpers`) are not
+/// run, because running arbitrary programs from a config file is not this library's call.
+pub(crate) fn docker_config_credentials(
+    path: &Path,
+    host: &str,
+) -> Result<Option<Credentials>, Error> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::DockerConfig {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let config: DockerConfig =
+        serde_json::from_slice(&text).map_err(|e| Error::BadDockerConfig {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    for key in config_keys(host) {
+        let Some(entry) = config.auths.get(&key) else {
+            continue;
+        };
+        if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
+            let bad = |reason: &str| Error::BadDockerConfig {
+                path: path.to_owned(),
+                reason: format!("auths.{key:?}.auth {reason}"),
+            };
+            let raw = base64_decode(auth).ok_or_else(|| bad("is not valid base64"))?;
+            let text = String::from_utf8(raw).map_err(|_| bad("is not UTF-8"))?;
+            let (user, pass) = text
+                .split_once(':')
+                .ok_or_else(|| bad("is not of the form user:password"))?;
+            return Ok(Some(Credentials::new(user, pass)));
+        }
+        if let (Some(user), Some(pass)) = (&entry.username, &entry.password) {
+            return Ok(Some(Credentials::new(user.clone(), pass.clone())));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for len in 0..40u8 {
+            let data: Vec<u8> = (0..len)
+                .map(|i| i.wrapping_mul(37).wrapping_add(len))
+                .collect();
+            let text = base64_encode(&data);
+            assert_eq!(base64_decode(&text).as_deref(), Some(&data[..]), "{text}");
+        }
+        assert_eq!(base64_encode(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(
+            base64_decode("dXNlcjpwYXNz").as_deref(),
+            Some(&b"user:pass"[..])
+        );
+        assert_eq!(
+            base64_decode("dXNlcjpwYXN").as_deref(),
+            Some(&b"user:pas"[..])
+        );
+        assert_eq!(base64_decode("dXN*"), None);
+        assert_eq!(base64_decode("d"), None);
+    }
+
+    #[test]
+    fn parses_bearer_challenge_with_quoted_commas() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull,push""#,
+        );
+        assert_eq!(
+            c,
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/alpine:pull,push".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("Bearer service=x"), None);
+        assert_eq!(parse_challenge("Negotiate"), None);
+    }
+
+    #[test]
+    fn docker_config_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        assert_eq!(docker_config_credentials(&path, "x").unwrap(), None);
+        std::fs::write(
+            &path,
+            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dXNlcjpwYXNz"},
+                "127.0.0.1:5000":{"auth":"YTpiOmM="}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            docker_config_credentials(&path, "docker.io").unwrap(),
+            Some(Credentials::new("user", "pass"))
+        );
+        assert_eq!(
+            docker_config_credentials(&path, "127.0.0.1:5000").unwrap(),
+            Some(Credentials::new("a", "b:c"))
+        );
+        assert_eq!(docker_config_credentials(&path, "quay.io").unwrap(), None);
+        std::fs::write(&path, r#"{"auths":{"q":{"auth":"!!"}}}"#).unwrap();
+        assert!(matches!(
+            docker_config_credentials(&path, "q"),
+            Err(Error::BadDockerConfig { .. })
+        ));
+    }
+}
