@@ -112,9 +112,10 @@ pub fn publish_noclobber(src: &Path, dest: &Path) -> Result<Published, Error> {
 /// Publish a finished temp directory (e.g. a layer's boot files) at `dest` unless something is
 /// already there: its files are made read-only and fsynced, then the directory is renamed into
 /// place without replacing anything, and `dest`'s parent is fsynced.
-pub fn publish_dir_noclobber(dir: TempDir, dest: &Path) -> Result<Published, Error> {
-    for entry in fs::read_dir(dir.path()).map_err(io_err("listing", dir.path()))? {
-        let entry = entry.map_err(io_err("listing", dir.path()))?;
+/// The caller keeps owning `dir`: if something was already at `dest`, `dir` is left in place.
+pub fn publish_dir_noclobber(dir: &Path, dest: &Path) -> Result<Published, Error> {
+    for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        let entry = entry.map_err(io_err("listing", dir))?;
         let p = entry.path();
         if entry.file_type().is_ok_and(|t| t.is_file()) {
             fs::set_permissions(&p, fs::Permissions::from_mode(BLOB_MODE))
@@ -124,16 +125,9 @@ pub fn publish_dir_noclobber(dir: TempDir, dest: &Path) -> Result<Published, Err
                 .map_err(io_err("syncing", &p))?;
         }
     }
-    fsync_dir(dir.path())?;
-    match renameat2(
-        AT_FDCWD,
-        dir.path(),
-        AT_FDCWD,
-        dest,
-        RenameFlags::RENAME_NOREPLACE,
-    ) {
+    fsync_dir(dir)?;
+    match renameat2(AT_FDCWD, dir, AT_FDCWD, dest, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => {
-            dir.forget();
             fsync_dir(parent(dest))?;
             Ok(Published::New)
         }
@@ -475,7 +469,11 @@ mod tests {
         let dest = dir.path().join("boot");
         let a = TempDir::create_in(dir.path(), "a").unwrap();
         fs::write(a.path().join("vmlinuz"), b"k1").unwrap();
-        assert_eq!(publish_dir_noclobber(a, &dest).unwrap(), Published::New);
+        assert_eq!(
+            publish_dir_noclobber(a.path(), &dest).unwrap(),
+            Published::New
+        );
+        a.forget();
         let mode = fs::metadata(dest.join("vmlinuz"))
             .unwrap()
             .permissions()
@@ -486,10 +484,11 @@ mod tests {
         fs::write(b.path().join("vmlinuz"), b"k2").unwrap();
         let bp = b.path().to_path_buf();
         assert_eq!(
-            publish_dir_noclobber(b, &dest).unwrap(),
+            publish_dir_noclobber(b.path(), &dest).unwrap(),
             Published::Existing
         );
-        assert!(!bp.exists(), "the losing temp dir is removed");
+        drop(b);
+        assert!(!bp.exists(), "the losing temp dir is removed by its owner");
         assert_eq!(fs::read(dest.join("vmlinuz")).unwrap(), b"k1");
         assert_eq!(names_in(dir.path()).unwrap(), vec!["boot".to_owned()]);
     }

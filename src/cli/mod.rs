@@ -169,7 +169,7 @@ fn open(
         firmware,
         ..StoreOptions::default()
     };
-    let _ = insecure; // REGISTRY-TODO
+    opts.registry.insecure = insecure.to_vec();
     if let Some(max) = max_size {
         opts.cloud_limits.max_download = max;
     }

@@ -14,19 +14,8 @@ use crate::digest::{Digest, Sums};
 use crate::fsutil::{self, TempDir};
 use crate::index::CloudEntry;
 use crate::ingest::{self, Expected};
-use crate::store::{Error, Kind, Store};
+use crate::store::{Error, Kind, OciSource, Store};
 use crate::verify;
-
-/// Where an OCI image comes from, for [`Store::import_oci`].
-#[derive(Debug, Clone)]
-pub enum OciSource {
-    /// Layer tars (plain, gzip or zstd), base layer first.
-    LayerTars(Vec<PathBuf>),
-    /// An OCI image layout directory (`oci-layout`, `index.json`, `blobs/`).
-    Layout(PathBuf),
-    /// A tar of an OCI image layout (`oci-archive`).
-    Archive(PathBuf),
-}
 
 /// Where a cloud image comes from.
 #[derive(Debug, Clone)]
@@ -261,26 +250,6 @@ impl Store {
 }
 
 impl Store {
-    /// Pull an OCI image (registry support lands with the registry client).
-    ///
-    /// # Errors
-    /// Always, for now.
-    pub fn pull_oci(&self, reference: &str, _force: bool) -> Result<PullOutcome, Error> {
-        Err(Error::Other(format!(
-            "pulling OCI image {reference}: not available in this build yet"
-        )))
-    }
-
-    /// Import an OCI image (lands with the OCI store flow).
-    ///
-    /// # Errors
-    /// Always, for now.
-    pub fn import_oci(&self, name: &str, _source: &OciSource) -> Result<PullOutcome, Error> {
-        Err(Error::Other(format!(
-            "importing OCI image {name}: not available in this build yet"
-        )))
-    }
-
     /// Import an image under `name` from files (none = stdin). The type is detected from the
     /// content when `kind` is `None`: a directory, a tar or a compressed tar is OCI; anything
     /// else (and stdin) is a cloud image.

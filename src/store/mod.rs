@@ -8,6 +8,7 @@
 
 mod cloud;
 pub mod layout;
+mod oci;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,8 +26,9 @@ use crate::lookup::{self, Item, Lookup};
 use crate::reference::Reference;
 use crate::verify::{self, Check, Outcome};
 
-pub use cloud::{CloudSource, OciSource, PullOutcome};
+pub use cloud::{CloudSource, PullOutcome};
 pub use layout::{default_root, BackendLayout, Kind, Layout};
+pub use oci::OciSource;
 
 /// Errors of the Store facade. Each names the image, file or URL involved.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,12 @@ pub enum Error {
     /// A cloud image was refused or could not be fetched or converted.
     #[error(transparent)]
     Cloud(#[from] crate::backend::cloudimg::Error),
+    /// An oci layer could not be converted.
+    #[error(transparent)]
+    Layer(#[from] crate::backend::oci::erofs::Error),
+    /// A registry operation failed (boxed: digest mismatches are large).
+    #[error(transparent)]
+    Registry(Box<crate::backend::oci::registry::Error>),
     /// Garbage collection failed.
     #[error(transparent)]
     Gc(#[from] gc::Error),
@@ -114,6 +122,12 @@ pub enum Error {
     Other(String),
 }
 
+impl From<crate::backend::oci::registry::Error> for Error {
+    fn from(e: crate::backend::oci::registry::Error) -> Self {
+        Error::Registry(Box::new(e))
+    }
+}
+
 impl From<crate::ingest::Error> for Error {
     fn from(e: crate::ingest::Error) -> Self {
         Error::Ingest(Box::new(e))
@@ -136,6 +150,8 @@ pub struct StoreOptions {
     pub progress: Option<Progress>,
     /// Limits for cloud images (download cap, virtual size cap, timeouts).
     pub cloud_limits: crate::backend::cloudimg::Limits,
+    /// Registry client options (insecure hosts, credentials, platform).
+    pub registry: crate::backend::oci::registry::ClientOptions,
     /// Firmware for cloud image boots; default `<root>/firmware/CLOUDHV.fd`.
     pub firmware: Option<PathBuf>,
 }
@@ -147,6 +163,7 @@ impl Default for StoreOptions {
             on_wait: None,
             progress: None,
             cloud_limits: crate::backend::cloudimg::Limits::default(),
+            registry: crate::backend::oci::registry::ClientOptions::default(),
             firmware: None,
         }
     }
@@ -354,8 +371,12 @@ impl Store {
     /// Open the store at `root` with `opts`.
     ///
     /// # Errors
-    /// None today; the signature leaves room for checks of the root.
+    /// A relative root that cannot be made absolute (the working directory is gone).
     pub fn open_opts(root: impl Into<PathBuf>, opts: StoreOptions) -> Result<Self, Error> {
+        // Paths handed to a VM manager must not depend on its working directory.
+        let root = root.into();
+        let root = std::path::absolute(&root)
+            .map_err(|e| Error::Other(format!("store root {}: {e}", root.display())))?;
         Ok(Self {
             layout: Layout::new(root),
             opts,

@@ -1,0 +1,578 @@
+//! OCI images into the store: pull from a registry, import layer tars, an OCI layout directory
+//! or an oci-archive tar (DESIGN.md §8).
+//!
+//! Order of work: resolve the manifest (no locks) → take the digest locks of all layers, sorted
+//! (so two pulls sharing layers wait for each other instead of deadlocking) → fetch and convert
+//! missing layers concurrently, publishing each layer's boot dir before its blob (a blob that
+//! exists is always complete) → commit the index entry under a short exclusive lock → release.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+use crate::backend::oci::erofs;
+use crate::backend::oci::registry::{Client, Descriptor};
+use crate::digest::{Algorithm, Digest, Sums};
+use crate::fsutil::{self, TempDir, TempFile};
+use crate::index::{LayerEntry, OciEntry};
+use crate::reference::Reference;
+use crate::store::cloud::{check_name, PullOutcome};
+use crate::store::{Error, Kind, Store};
+use crate::verify;
+
+/// Where an OCI image comes from, for [`Store::import_oci`].
+#[derive(Debug, Clone)]
+pub enum OciSource {
+    /// Layer tars (plain, gzip or zstd), base layer first.
+    LayerTars(Vec<PathBuf>),
+    /// An OCI image layout directory (`oci-layout`, `index.json`, `blobs/`).
+    Layout(PathBuf),
+    /// A tar of an OCI image layout (`oci-archive`).
+    Archive(PathBuf),
+}
+
+/// How many layers are fetched and converted at once.
+const LAYER_JOBS: usize = 3;
+
+/// Where one layer's compressed bytes come from.
+enum LayerFrom<'a> {
+    Registry {
+        client: &'a Client,
+        host: &'a str,
+        repository: &'a str,
+        desc: Descriptor,
+    },
+    File(PathBuf),
+}
+
+struct Layer<'a> {
+    digest: Digest,
+    from: LayerFrom<'a>,
+}
+
+/// What one stored layer provides.
+#[derive(Clone, Copy)]
+struct Stored {
+    sums: Sums,
+    kernel: Option<Sums>,
+    initrd: Option<Sums>,
+}
+
+impl Store {
+    /// Pull `reference` from its registry. `ubuntu` and `docker.io/library/ubuntu:latest` are
+    /// the same image and the same index entry (keys are canonical references).
+    ///
+    /// # Errors
+    /// An invalid reference, registry failures (auth, not found, digest mismatch, unreachable),
+    /// layer conversion failures, an image without kernel or initrd, a lock timeout.
+    pub fn pull_oci(&self, reference: &str, force: bool) -> Result<PullOutcome, Error> {
+        let r = Reference::parse(reference).map_err(|source| Error::Reference {
+            input: reference.to_owned(),
+            source,
+        })?;
+        let key = r.canonical();
+        let client = Client::new(self.opts.registry.clone());
+        let tag_or_digest = r
+            .digest()
+            .map(|d| d.to_string())
+            .or_else(|| r.tag().map(str::to_owned))
+            .unwrap_or_else(|| "latest".to_owned());
+        let resolved = client.resolve(r.domain(), r.path(), &tag_or_digest)?;
+        if !force {
+            if let Some(done) = self.already_stored(&key, &resolved.manifest_digest)? {
+                return Ok(done);
+            }
+        }
+        let layers: Vec<Layer<'_>> = resolved
+            .manifest
+            .layers
+            .iter()
+            .map(|d| Layer {
+                digest: d.digest,
+                from: LayerFrom::Registry {
+                    client: &client,
+                    host: r.domain(),
+                    repository: r.path(),
+                    desc: d.clone(),
+                },
+            })
+            .collect();
+        self.store_oci(&key, resolved.manifest_digest, &layers)
+    }
+
+    /// Import an OCI image under `name`.
+    ///
+    /// # Errors
+    /// Unreadable or malformed sources, layer conversion failures (including hostile tar
+    /// entries), an image without kernel or initrd, a lock timeout.
+    pub fn import_oci(&self, name: &str, source: &OciSource) -> Result<PullOutcome, Error> {
+        check_name(name)?;
+        let key = Reference::parse(name).map_or_else(|_| name.to_owned(), |r| r.canonical());
+        match source {
+            OciSource::LayerTars(files) => {
+                if files.is_empty() {
+                    return Err(Error::Other("no layer tars to import".into()));
+                }
+                let mut layers = Vec::new();
+                let mut descs = Vec::new();
+                for f in files {
+                    let (digest, size) = verify::hash_file(f, Algorithm::Sha256)?;
+                    descs.push(serde_json::json!({
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": digest.to_string(),
+                        "size": size,
+                    }));
+                    layers.push(Layer {
+                        digest,
+                        from: LayerFrom::File(f.clone()),
+                    });
+                }
+                // A stable ID: the digest of a manifest made only from the layers.
+                let manifest = serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "layers": descs,
+                });
+                let id = Digest::sha256_of(manifest.to_string().as_bytes());
+                self.store_oci(&key, id, &layers)
+            }
+            OciSource::Layout(dir) => {
+                let (id, layers) = read_layout(dir, &self.opts.registry.platform)?;
+                self.store_oci(&key, id, &layers)
+            }
+            OciSource::Archive(tar) => {
+                let b = self.layout.backend(Kind::Oci);
+                fsutil::create_dir_all(&b.temp_dir())?;
+                let dir = TempDir::create_in(&b.temp_dir(), "archive")?;
+                unpack_layout_archive(tar, dir.path())?;
+                let (id, layers) = read_layout(dir.path(), &self.opts.registry.platform)?;
+                self.store_oci(&key, id, &layers)
+            }
+        }
+    }
+
+    fn already_stored(&self, key: &str, id: &Digest) -> Result<Option<PullOutcome>, Error> {
+        let snap = self.snapshot()?;
+        let Some(e) = snap.oci.get(key) else {
+            return Ok(None);
+        };
+        if e.manifest_digest != *id {
+            return Ok(None);
+        }
+        let info = self.describe(&snap, Kind::Oci, std::iter::once(key));
+        Ok(super::check_files(&info).is_ok().then(|| PullOutcome {
+            name: key.to_owned(),
+            id: *id,
+            kind: Kind::Oci,
+            reused: true,
+        }))
+    }
+
+    fn store_oci(&self, key: &str, id: Digest, layers: &[Layer<'_>]) -> Result<PullOutcome, Error> {
+        let b = self.layout.backend(Kind::Oci);
+        fsutil::create_dir_all(&b.temp_dir())?;
+        fsutil::create_dir_all(&b.blobs_dir())?;
+        fsutil::create_dir_all(&b.boot_root())?;
+
+        // Digest locks, sorted: the one lock order every ingest follows.
+        let unique: BTreeSet<Digest> = layers.iter().map(|l| l.digest).collect();
+        let mut guards = Vec::with_capacity(unique.len());
+        for d in &unique {
+            guards.push(self.lock_digest(Kind::Oci, d)?);
+        }
+        let stored = self.store_layers(key, layers)?;
+        let entry = oci_entry(key, id, layers, &stored)?;
+        self.commit_oci(key, &entry)?;
+        drop(guards);
+        Ok(PullOutcome {
+            name: key.to_owned(),
+            id,
+            kind: Kind::Oci,
+            reused: false,
+        })
+    }
+
+    /// Fetch (if needed), convert and publish every layer, a few at a time. The caller holds
+    /// every layer's digest lock.
+    fn store_layers(&self, key: &str, layers: &[Layer<'_>]) -> Result<Vec<Stored>, Error> {
+        let recorded = self.recorded_layer_sums()?;
+        let total: u64 = layers
+            .iter()
+            .map(|l| match &l.from {
+                LayerFrom::Registry { desc, .. } => desc.size,
+                LayerFrom::File(_) => 0,
+            })
+            .sum();
+        let done = AtomicU64::new(0);
+        let label = format!("pulling {key}");
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Result<Stored, Error>>>> =
+            Mutex::new((0..layers.len()).map(|_| None).collect());
+        std::thread::scope(|s| {
+            for _ in 0..LAYER_JOBS.min(layers.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(layer) = layers.get(i) else { break };
+                    let r = self.store_layer(layer, &recorded, &|n| {
+                        let d = done.fetch_add(n, Ordering::Relaxed) + n;
+                        self.progress(&label, d, (total > 0).then_some(total));
+                    });
+                    let failed = r.is_err();
+                    results.lock()[i] = Some(r);
+                    if failed {
+                        // Stop handing out work; layers in flight finish or fail on their own.
+                        next.store(usize::MAX / 2, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let mut stored = Vec::with_capacity(layers.len());
+        for r in results.into_inner() {
+            match r {
+                Some(Ok(s)) => stored.push(s),
+                Some(Err(e)) => return Err(e),
+                None => return Err(Error::Other("a layer was not processed".into())),
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Insert `entry` under `key` (short exclusive index lock).
+    fn commit_oci(&self, key: &str, entry: &OciEntry) -> Result<(), Error> {
+        let canonical = Reference::parse(key).ok().map(|r| r.canonical());
+        let w = self.on_wait();
+        self.oci_db().update(self.opts.lock_wait, &w, |idx| {
+            // Keys cocoon stored verbatim (`ubuntu:24.04`) name the same image as the canonical
+            // key: replace them rather than keep two entries for one name.
+            if let Some(c) = &canonical {
+                let stale: Vec<String> = idx
+                    .images
+                    .keys()
+                    .filter(|k| k.as_str() != key)
+                    .filter(|k| Reference::parse(k).is_ok_and(|r| r.canonical() == *c))
+                    .cloned()
+                    .collect();
+                for k in stale {
+                    idx.images.remove(&k);
+                }
+            }
+            let keep_time = idx.get(key).filter(|old| {
+                old.manifest_digest == entry.manifest_digest && old.layers == entry.layers
+            });
+            let mut entry = entry.clone();
+            if let Some(old) = keep_time {
+                entry.created_at.clone_from(&old.created_at);
+                entry.extra.clone_from(&old.extra);
+            }
+            idx.images.insert(key.to_owned(), Some(entry));
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+/// The index entry for stored layers: kernel and initrd from the last layer providing each.
+fn oci_entry(
+    key: &str,
+    id: Digest,
+    layers: &[Layer<'_>],
+    stored: &[Stored],
+) -> Result<OciEntry, Error> {
+    let kernel = layers
+        .iter()
+        .zip(stored)
+        .rev()
+        .find(|(_, s)| s.kernel.is_some());
+    let initrd = layers
+        .iter()
+        .zip(stored)
+        .rev()
+        .find(|(_, s)| s.initrd.is_some());
+    let (Some((kl, ks)), Some((il, is))) = (kernel, initrd) else {
+        return Err(Error::NoBootFiles {
+            image: key.to_owned(),
+            what: if kernel.is_none() { "kernel" } else { "initrd" },
+        });
+    };
+    let entry = OciEntry {
+        reference: key.to_owned(),
+        manifest_digest: id,
+        layers: layers
+            .iter()
+            .zip(stored)
+            .map(|(l, s)| LayerEntry {
+                digest: l.digest,
+                blob: Some(s.sums),
+                extra: serde_json::Map::new(),
+            })
+            .collect(),
+        kernel_layer: kl.digest,
+        initrd_layer: il.digest,
+        size: stored.iter().map(|s| s.sums.size).sum(),
+        created_at: crate::index::schema::now_rfc3339(),
+        kernel: ks.kernel,
+        initrd: is.initrd,
+        extra: serde_json::Map::new(),
+    };
+    Ok(entry)
+}
+
+impl Store {
+    /// Layer sums recorded by any oci entry, to reuse stored blobs without re-hashing them.
+    fn recorded_layer_sums(&self) -> Result<std::collections::HashMap<Digest, Sums>, Error> {
+        let w = self.on_wait();
+        let idx = self.oci_db().read(self.opts.lock_wait, &w)?;
+        Ok(idx
+            .entries()
+            .flat_map(|(_, e)| e.layers.iter())
+            .filter_map(|l| l.blob.map(|s| (l.digest, s)))
+            .collect())
+    }
+
+    fn store_layer(
+        &self,
+        layer: &Layer<'_>,
+        recorded: &std::collections::HashMap<Digest, Sums>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Stored, Error> {
+        let b = self.layout.backend(Kind::Oci);
+        let sums = if let Some(s) = self.usable_blob(
+            Kind::Oci,
+            &layer.digest,
+            recorded.get(&layer.digest).copied(),
+        )? {
+            s
+        } else {
+            // Everything for this layer happens in one held temp dir: GC leaves it alone while
+            // we live, and dropping it cleans up whatever was not published.
+            let work = TempDir::create_in(&b.temp_dir(), "layer")?;
+            let fetched;
+            let src: &Path = match &layer.from {
+                LayerFrom::File(p) => p,
+                LayerFrom::Registry {
+                    client,
+                    host,
+                    repository,
+                    desc,
+                } => {
+                    let last = AtomicU64::new(0);
+                    fetched = client.fetch_blob(
+                        host,
+                        repository,
+                        desc,
+                        || {
+                            last.store(0, Ordering::Relaxed);
+                            TempFile::create_in(work.path(), "blob")
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                        },
+                        |n| {
+                            let prev = last.swap(n, Ordering::Relaxed);
+                            progress(n.saturating_sub(prev));
+                        },
+                    )?;
+                    fetched.path()
+                }
+            };
+            let out = work.path().join("layer.erofs");
+            let boot = work.path().join("boot");
+            erofs::convert_layer(src, &layer.digest, work.path(), &out, &boot)?;
+            if !fsutil::names_in(&boot)?.is_empty() {
+                // Boot files before the blob: a blob that exists always has its boot dir.
+                fsutil::publish_dir_noclobber(&boot, &b.boot_dir(&layer.digest))?;
+            }
+            let sums = verify::sums_of_file(&out)?;
+            self.publish_blob(Kind::Oci, &layer.digest, &out, sums)?
+        };
+        let file_sums = |p: PathBuf| -> Result<Option<Sums>, Error> {
+            if p.exists() {
+                Ok(Some(verify::sums_of_file(&p)?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Stored {
+            sums,
+            kernel: file_sums(b.kernel_path(&layer.digest))?,
+            initrd: file_sums(b.initrd_path(&layer.digest))?,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct LayoutIndex {
+    manifests: Vec<LayoutDescriptor>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LayoutDescriptor {
+    #[serde(default)]
+    media_type: String,
+    digest: Digest,
+    #[serde(default)]
+    platform: Option<LayoutPlatform>,
+}
+
+#[derive(Deserialize)]
+struct LayoutPlatform {
+    architecture: String,
+    os: String,
+}
+
+#[derive(Deserialize)]
+struct LayoutManifest {
+    #[serde(default)]
+    manifests: Option<Vec<LayoutDescriptor>>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    limit: u64,
+) -> Result<(Vec<u8>, T), Error> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::Other(format!("opening {}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    f.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Other(format!("reading {}: {e}", path.display())))?;
+    let v = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Other(format!(
+            "{} is not a valid OCI document: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((bytes, v))
+}
+
+fn blob_in(dir: &Path, d: &Digest) -> PathBuf {
+    dir.join("blobs").join(d.algorithm().name()).join(d.hex())
+}
+
+/// Pick the manifest for `platform` from an OCI layout and list its layers (verified later).
+fn read_layout<'a>(
+    dir: &Path,
+    platform: &crate::backend::oci::registry::Platform,
+) -> Result<(Digest, Vec<Layer<'a>>), Error> {
+    if !dir.join("oci-layout").is_file() {
+        return Err(Error::Other(format!(
+            "{} is not an OCI image layout (no oci-layout file)",
+            dir.display()
+        )));
+    }
+    let (_, index): (_, LayoutIndex) = read_json(&dir.join("index.json"), 4 << 20)?;
+    let mut candidates = index.manifests;
+    // Follow one level of nested index (an image index inside index.json).
+    for _ in 0..2 {
+        let pick = if candidates.len() == 1 {
+            candidates.pop()
+        } else {
+            candidates.into_iter().find(|m| {
+                m.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == platform.os && p.architecture == platform.architecture)
+            })
+        };
+        let Some(desc) = pick else {
+            return Err(Error::Other(format!(
+                "{}: no manifest for {}/{}",
+                dir.display(),
+                platform.os,
+                platform.architecture
+            )));
+        };
+        let path = blob_in(dir, &desc.digest);
+        let (bytes, m): (_, LayoutManifest) = read_json(&path, 4 << 20)?;
+        let actual = Digest::sha256_of(&bytes);
+        if actual != desc.digest {
+            return Err(Error::Other(format!(
+                "{}: manifest digest mismatch: expected {}, found {actual}",
+                path.display(),
+                desc.digest
+            )));
+        }
+        let _ = &desc.media_type;
+        if let Some(layers) = m.layers {
+            let mut out = Vec::new();
+            for l in layers {
+                let p = blob_in(dir, &l.digest);
+                let (got, size) = verify::hash_file(&p, l.digest.algorithm())?;
+                if got != l.digest || size != l.size {
+                    return Err(Error::Other(format!(
+                        "{}: layer digest mismatch: expected {} ({} bytes), found {got} ({size} bytes)",
+                        p.display(),
+                        l.digest,
+                        l.size
+                    )));
+                }
+                out.push(Layer {
+                    digest: l.digest,
+                    from: LayerFrom::File(p),
+                });
+            }
+            return Ok((desc.digest, out));
+        }
+        candidates = m.manifests.unwrap_or_default();
+    }
+    Err(Error::Other(format!(
+        "{}: index nesting too deep",
+        dir.display()
+    )))
+}
+
+/// Unpack an oci-archive tar: only `oci-layout`, `index.json` and regular files under `blobs/`
+/// with safe relative names are taken; anything else is refused.
+fn unpack_layout_archive(tar: &Path, dest: &Path) -> Result<(), Error> {
+    let f = std::fs::File::open(tar)
+        .map_err(|e| Error::Other(format!("opening {}: {e}", tar.display())))?;
+    let mut archive = tar::Archive::new(f);
+    let entries = archive
+        .entries()
+        .map_err(|e| Error::Other(format!("reading {}: {e}", tar.display())))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| Error::Other(format!("reading {}: {e}", tar.display())))?;
+        let path = entry
+            .path()
+            .map_err(|e| Error::Other(format!("reading {}: {e}", tar.display())))?
+            .into_owned();
+        let rel: PathBuf = path
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        let ok_name = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !ok_name {
+            return Err(Error::Other(format!(
+                "{}: unsafe entry {}",
+                tar.display(),
+                path.display()
+            )));
+        }
+        let et = entry.header().entry_type();
+        if et.is_dir() {
+            continue;
+        }
+        let allowed = rel == Path::new("oci-layout")
+            || rel == Path::new("index.json")
+            || rel.starts_with("blobs");
+        if !et.is_file() || !allowed {
+            continue;
+        }
+        let out = dest.join(&rel);
+        if let Some(parent) = out.parent() {
+            fsutil::create_dir_all(parent)?;
+        }
+        let mut w = std::fs::File::create(&out)
+            .map_err(|e| Error::Other(format!("writing {}: {e}", out.display())))?;
+        std::io::copy(&mut entry, &mut w)
+            .map_err(|e| Error::Other(format!("extracting {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
