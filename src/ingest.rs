@@ -394,19 +394,21 @@ fn pipeline(
     let want_sha512 = expected
         .digest
         .is_some_and(|d| d.algorithm() == Algorithm::Sha512);
-    let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(POOL);
-    for _ in 0..POOL {
-        pool_tx
-            .send(vec![0u8; CHUNK + ALIGN])
-            .expect("pool channel has room for POOL buffers");
-    }
-    // Unbounded: the pool alone bounds what is in flight, so the reader only ever blocks on it.
-    let (sha_tx, sha_rx) = crossbeam_channel::unbounded::<Arc<Chunk>>();
-    let (b3_tx, b3_rx) = crossbeam_channel::unbounded::<Arc<Chunk>>();
-    let (write_tx, write_rx) = crossbeam_channel::unbounded::<Arc<Chunk>>();
-    let (exit_tx, exit_rx) = crossbeam_channel::unbounded::<()>();
-
     std::thread::scope(|s| {
+        // Every channel end lives inside the scope: however this closure exits (return or a
+        // panic in a spawn or in the caller's reader), the senders drop before the scope joins
+        // the threads, so the consumers end instead of waiting forever.
+        let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(POOL);
+        for _ in 0..POOL {
+            pool_tx
+                .send(vec![0u8; CHUNK + ALIGN])
+                .expect("pool channel has room for POOL buffers");
+        }
+        // Unbounded: the pool alone bounds what is in flight, so the reader only ever blocks on it.
+        let (sha_tx, sha_rx) = crossbeam_channel::unbounded::<Arc<Chunk>>();
+        let (b3_tx, b3_rx) = crossbeam_channel::unbounded::<Arc<Chunk>>();
+        let (write_tx, write_rx) = crossbeam_channel::unbounded::<Arc<Chunk>>();
+        let (exit_tx, exit_rx) = crossbeam_channel::unbounded::<()>();
         let exit = ExitSignal(exit_tx.clone());
         let sha_thread = s.spawn(move || {
             let _exit = exit;

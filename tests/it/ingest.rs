@@ -314,3 +314,35 @@ fn empty_input_stages_an_empty_file() {
     assert_eq!(staged.sums.blake3, Digest::blake3_of(b""));
     assert_eq!(fs::metadata(staged.temp.path()).unwrap().len(), 0);
 }
+
+/// Yields some bytes, then panics (a buggy `Read` impl from an embedder).
+struct Panicking {
+    good: u64,
+}
+
+impl Read for Panicking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        assert!(self.good > 0, "reader bug");
+        let n = buf.len().min(self.good as usize);
+        buf[..n].fill(1);
+        self.good -= n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn panic_in_the_reader_leaves_nothing() {
+    let temp = tempfile::tempdir().unwrap();
+    let result = std::panic::catch_unwind(|| {
+        ingest::stage(
+            temp.path(),
+            Panicking { good: 3 << 20 },
+            "mem",
+            &Expected::default(),
+            &no_progress,
+        )
+        .is_ok()
+    });
+    assert!(result.is_err(), "the reader's panic reaches the caller");
+    assert!(entries(temp.path()).is_empty());
+}
