@@ -444,6 +444,9 @@ fn pipeline(
                 written += chunk.len as u64;
                 progress(written);
             }
+            // The descriptor goes back to the caller inside `Staged`: leave it an ordinary one,
+            // so later unaligned reads through it do not fail with EINVAL.
+            writer.set_direct(false);
             Ok(written)
         });
 

@@ -2,7 +2,7 @@
 //! `sha256sum`/`b3sum` tools, and every failure leaving the temp dir empty.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +80,27 @@ fn sums_match_one_shot_and_cli_tools() {
         entries(temp.path()).is_empty(),
         "dropped Staged removes its file"
     );
+}
+
+/// Whole-MiB inputs are written with direct I/O; the descriptor handed back in `Staged` must
+/// still serve ordinary unaligned reads (a format check reading a header through it).
+#[test]
+fn staged_descriptor_reads_normally() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = noise(4 << 20, 21);
+    let mut staged = ingest::stage(
+        temp.path(),
+        &data[..],
+        "mem",
+        &Expected::default(),
+        &no_progress,
+    )
+    .unwrap();
+    let file = staged.temp.file();
+    file.seek(SeekFrom::Start(1)).unwrap();
+    let mut head = [0u8; 333];
+    file.read_exact(&mut head).unwrap();
+    assert_eq!(head[..], data[1..334]);
 }
 
 #[test]
