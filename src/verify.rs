@@ -69,16 +69,15 @@ fn map_readonly(file: &File) -> Option<memmap2::Mmap> {
     Some(map)
 }
 
-fn open(path: &Path) -> Result<(Contents, u64), Error> {
+fn open(path: &Path) -> Result<Contents, Error> {
     let file = File::open(path).map_err(io_err("opening", path))?;
     let meta = file.metadata().map_err(io_err("inspecting", path))?;
-    let len = meta.len();
-    if meta.is_file() && len >= MMAP_THRESHOLD {
+    if meta.is_file() && meta.len() >= MMAP_THRESHOLD {
         if let Some(map) = map_readonly(&file) {
-            return Ok((Contents::Mapped(map), len));
+            return Ok(Contents::Mapped(map));
         }
     }
-    Ok((Contents::Read(file), len))
+    Ok(Contents::Read(file))
 }
 
 /// Feed every byte of `file` to `f` in buffered chunks; returns the number of bytes.
@@ -150,7 +149,7 @@ impl Hasher {
 /// sha512 sequentially. The file must not be truncated while it is hashed (published blobs never
 /// are); a concurrent truncation may kill the process with SIGBUS.
 pub fn hash_file(path: &Path, algo: Algorithm) -> Result<(Digest, u64), Error> {
-    let (contents, _) = open(path)?;
+    let contents = open(path)?;
     let mut hasher = Hasher::new(algo);
     let len = match &contents {
         Contents::Mapped(map) => {
@@ -166,7 +165,7 @@ pub fn hash_file(path: &Path, algo: Algorithm) -> Result<(Digest, u64), Error> {
 ///
 /// On a mapped file the two hashes run side by side: sha256 on one thread, blake3 on the others.
 pub fn sums_of_file(path: &Path) -> Result<Sums, Error> {
-    let (contents, _) = open(path)?;
+    let contents = open(path)?;
     match &contents {
         Contents::Mapped(map) => {
             let (sha, b3) = rayon::join(

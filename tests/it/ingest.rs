@@ -2,7 +2,7 @@
 //! `sha256sum`/`b3sum` tools, and every failure leaving the temp dir empty.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +80,27 @@ fn sums_match_one_shot_and_cli_tools() {
         entries(temp.path()).is_empty(),
         "dropped Staged removes its file"
     );
+}
+
+/// Whole-MiB inputs are written with direct I/O; the descriptor handed back in `Staged` must
+/// still serve ordinary unaligned reads (a format check reading a header through it).
+#[test]
+fn staged_descriptor_reads_normally() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = noise(4 << 20, 21);
+    let mut staged = ingest::stage(
+        temp.path(),
+        &data[..],
+        "mem",
+        &Expected::default(),
+        &no_progress,
+    )
+    .unwrap();
+    let file = staged.temp.file();
+    file.seek(SeekFrom::Start(1)).unwrap();
+    let mut head = [0u8; 333];
+    file.read_exact(&mut head).unwrap();
+    assert_eq!(head[..], data[1..334]);
 }
 
 #[test]
@@ -313,4 +334,36 @@ fn empty_input_stages_an_empty_file() {
     assert_eq!(staged.sums.sha256, Digest::sha256_of(b""));
     assert_eq!(staged.sums.blake3, Digest::blake3_of(b""));
     assert_eq!(fs::metadata(staged.temp.path()).unwrap().len(), 0);
+}
+
+/// Yields some bytes, then panics (a buggy `Read` impl from an embedder).
+struct Panicking {
+    good: u64,
+}
+
+impl Read for Panicking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        assert!(self.good > 0, "reader bug");
+        let n = buf.len().min(self.good as usize);
+        buf[..n].fill(1);
+        self.good -= n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn panic_in_the_reader_leaves_nothing() {
+    let temp = tempfile::tempdir().unwrap();
+    let result = std::panic::catch_unwind(|| {
+        ingest::stage(
+            temp.path(),
+            Panicking { good: 3 << 20 },
+            "mem",
+            &Expected::default(),
+            &no_progress,
+        )
+        .is_ok()
+    });
+    assert!(result.is_err(), "the reader's panic reaches the caller");
+    assert!(entries(temp.path()).is_empty());
 }

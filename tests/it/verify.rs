@@ -213,3 +213,23 @@ fn verify_all_keeps_input_order() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// Something that cannot be mapped (a pipe, reported with size 0) is hashed with plain reads.
+#[test]
+fn unmappable_input_falls_back_to_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let data = noise(3 << 20, 99);
+    let writer = {
+        let (fifo, data) = (fifo.clone(), data.clone());
+        std::thread::spawn(move || fs::write(fifo, data).unwrap())
+    };
+    let got = verify::hash_file(&fifo, Algorithm::Blake3).unwrap();
+    writer.join().unwrap();
+    assert_eq!(got, (Digest::blake3_of(&data), data.len() as u64));
+}
