@@ -5,13 +5,13 @@
 //! filesystem or of the reference grammar: the caller passes canonical forms in, so this module
 //! does not depend on [`crate::reference`].
 //!
-//! Prefix lookups do not scan: sha256 image IDs sit in one sorted table of 32-byte values, cut
-//! into up to 65,536 buckets by their leading bits (every accepted prefix has at least 48), and
-//! a query binary-searches only its bucket.
+//! Prefix lookups do not scan: the sha256 image IDs sit in one sorted table, cut into buckets by
+//! their leading bits (about one ID per bucket, at most 2^20 buckets; every accepted prefix has
+//! at least 48 bits), and a query binary-searches only its bucket. A table slot carries the kind
+//! and item range, so a unique prefix touches the bucket index and one slot, nothing else.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::ops::Range;
 
 use crate::digest::prefix::MIN_HEX_LEN;
 use crate::digest::{Algorithm, Digest, Prefix};
@@ -109,7 +109,17 @@ struct Image {
 }
 
 /// At most this many leading bits of an ID pick its bucket; every accepted prefix has 48.
-const MAX_BUCKET_BITS: u32 = 16;
+const MAX_BUCKET_BITS: u32 = 20;
+
+/// One image in the prefix table.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: [u8; 32],
+    kind: Kind,
+    /// The image's items are `items[start..end]`.
+    start: u32,
+    end: u32,
+}
 
 /// The resolver over one snapshot of both indexes.
 #[derive(Debug, Clone)]
@@ -126,10 +136,9 @@ pub struct Lookup {
     /// Item indices of items with a canonical form, sorted by it; `by_canonical` as `by_key`.
     canonical_order: Vec<u32>,
     by_canonical: HashMap<String, u32>,
-    /// sha256 IDs of all images, sorted; `table_image[i]` is the image of `table[i]`.
-    table: Vec<[u8; 32]>,
-    table_image: Vec<u32>,
-    /// `table[buckets[b]..buckets[b + 1]]` holds the IDs whose first 16 bits, shifted right by
+    /// Every image with a sha256 ID, sorted by ID (then kind).
+    table: Vec<Slot>,
+    /// `table[buckets[b]..buckets[b + 1]]` holds the IDs whose first 32 bits, shifted right by
     /// `bucket_shift`, are `b`; small tables get few buckets so building stays cheap.
     buckets: Vec<u32>,
     bucket_shift: u32,
@@ -178,25 +187,29 @@ impl Lookup {
         let by_canonical =
             first_of_runs(&canonical_order, |i| items[i as usize].canonical.as_deref());
 
-        let mut table: Vec<([u8; 32], u32)> = (0..)
-            .zip(&images)
-            .filter_map(|(ix, img)| {
-                let id = items[img.start as usize].id;
-                (id.algorithm() == Algorithm::Sha256).then(|| (id.first32(), ix))
+        let mut table: Vec<Slot> = images
+            .iter()
+            .filter_map(|img| {
+                let item = &items[img.start as usize];
+                (item.id.algorithm() == Algorithm::Sha256).then(|| Slot {
+                    id: item.id.first32(),
+                    kind: item.kind,
+                    start: img.start,
+                    end: img.end,
+                })
             })
             .collect();
-        table.sort_unstable();
-        // About one ID per bucket: the bucket table costs no more than the IDs themselves.
+        table.sort_unstable_by_key(|s| (s.id, s.kind));
+        // About one ID per bucket: the bucket index costs a tenth of the table itself.
         let bucket_bits = table.len().next_power_of_two().ilog2().min(MAX_BUCKET_BITS);
-        let bucket_shift = MAX_BUCKET_BITS - bucket_bits;
+        let bucket_shift = 32 - bucket_bits;
         let mut buckets = vec![0u32; (1 << bucket_bits) + 1];
-        for (bytes, _) in &table {
-            buckets[bucket_of(bytes, bucket_shift) + 1] += 1;
+        for slot in &table {
+            buckets[bucket_of(&slot.id, bucket_shift) + 1] += 1;
         }
         for b in 0..1 << bucket_bits {
             buckets[b + 1] += buckets[b];
         }
-        let (table, table_image) = table.into_iter().unzip();
 
         Lookup {
             items,
@@ -207,7 +220,6 @@ impl Lookup {
             canonical_order,
             by_canonical,
             table,
-            table_image,
             buckets,
             bucket_shift,
         }
@@ -256,7 +268,12 @@ impl Lookup {
             });
             return self.decide(query, hits.iter().map(|&i| self.image_of[i as usize]));
         }
-        if let Ok(id) = Digest::parse(query) {
+        // Shorter text is never a full digest; skipping the parse spares prefix queries the
+        // allocation of its error value.
+        if let Some(id) = (query.len() >= 64)
+            .then(|| Digest::parse(query).ok())
+            .flatten()
+        {
             let hits: Vec<u32> = Kind::ALL
                 .iter()
                 .filter_map(|&kind| self.find_image(kind, id))
@@ -266,9 +283,21 @@ impl Lookup {
             }
         }
         if let Ok(prefix) = Prefix::parse(query) {
-            let range = self.prefix_range(&prefix);
-            if !range.is_empty() {
-                return self.decide(query, self.table_image[range].iter().copied());
+            match self.prefix_slots(&prefix) {
+                [] => {}
+                [slot] => {
+                    return Ok(Match {
+                        kind: slot.kind,
+                        id: Digest::sha256(slot.id),
+                        items: self.items[slot.start as usize..slot.end as usize]
+                            .iter()
+                            .collect(),
+                    })
+                }
+                slots => {
+                    let images = slots.iter().map(|s| self.image_of[s.start as usize]);
+                    return self.decide(query, images);
+                }
             }
         }
         if looks_like_short_prefix(query) {
@@ -281,15 +310,13 @@ impl Lookup {
         })
     }
 
-    /// The positions in `table` of the IDs `prefix` matches.
-    fn prefix_range(&self, prefix: &Prefix) -> Range<usize> {
-        let low = prefix.lower_bound();
-        let b = bucket_of(&low, self.bucket_shift);
-        let start = self.buckets[b] as usize;
-        let bucket = &self.table[start..self.buckets[b + 1] as usize];
-        let from = bucket.partition_point(|id| prefix.cmp_bytes(id).is_lt());
-        let to = from + bucket[from..].partition_point(|id| prefix.cmp_bytes(id).is_eq());
-        start + from..start + to
+    /// The table slots whose IDs `prefix` matches.
+    fn prefix_slots(&self, prefix: &Prefix) -> &[Slot] {
+        let b = bucket_of(&prefix.lower_bound(), self.bucket_shift);
+        let bucket = &self.table[self.buckets[b] as usize..self.buckets[b + 1] as usize];
+        let from = bucket.partition_point(|s| prefix.cmp_bytes(&s.id).is_lt());
+        let rest = &bucket[from..];
+        &rest[..rest.partition_point(|s| prefix.cmp_bytes(&s.id).is_eq())]
     }
 
     fn find_image(&self, kind: Kind, id: Digest) -> Option<u32> {
@@ -340,8 +367,9 @@ impl Lookup {
     }
 }
 
-fn bucket_of(bytes: &[u8; 32], shift: u32) -> usize {
-    (u32::from(u16::from_be_bytes([bytes[0], bytes[1]])) >> shift) as usize
+fn bucket_of(id: &[u8; 32], shift: u32) -> usize {
+    // u64 so that a shift of 32 (a single bucket) is defined.
+    (u64::from(u32::from_be_bytes([id[0], id[1], id[2], id[3]])) >> shift) as usize
 }
 
 /// Map each distinct text to the position in `order` where its run of equal texts begins.
