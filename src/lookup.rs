@@ -497,48 +497,67 @@ impl Bytes<'_> {
     }
 }
 
-/// A stand-in for reference canonicalization: `x/` is an optional domain, `!` makes a key
-/// unparseable. Both sides of the comparison get the same canonical forms, so any function does.
+/// A stand-in for reference canonicalization: `x/` is the default domain, `:latest` the default
+/// tag, `!` makes a key unparseable. Both sides of the comparison get the same canonical forms,
+/// so any function does; this one gives several spellings of each name.
 fn fuzz_canonical(s: &str) -> Option<String> {
     if s.contains('!') || s.is_empty() {
         return None;
     }
-    Some(format!("x/{}", s.strip_prefix("x/").unwrap_or(s)))
+    let name = s.strip_prefix("x/").unwrap_or(s);
+    let tag = if name.contains(':') { "" } else { ":latest" };
+    Some(format!("x/{name}{tag}"))
 }
 
-/// An ID from one fuzz byte: all IDs share their first 5 bytes and differ in bytes 5–6 and the
-/// last byte, so 12-hex prefixes collide and longer ones (odd lengths included) tell them apart.
+/// One of 16 IDs, from the low 4 bits of a fuzz byte. All share their first 5 bytes, so 12-hex
+/// prefixes collide, and differ in bytes 5 and 6 (the 13th and 14th hex digits keep them apart,
+/// testing odd lengths) and the last byte (only full-length prefixes tell those apart).
 fn fuzz_id(b: u8) -> Digest {
     let mut bytes = [0xab; 32];
-    bytes[5] = b >> 5;
-    bytes[6] = (b >> 2 & 0x7) << 4;
-    bytes[31] = b & 0x3;
+    bytes[5] = b >> 2 & 0x3;
+    bytes[6] = (b >> 1 & 0x1) << 4;
+    bytes[31] = b & 0x1;
     Digest::sha256(bytes)
 }
 
+/// Keys an item can have; entry 15 stands for `img<n>`.
+const FUZZ_KEYS: [&str; 15] = [
+    "ubuntu:24.04",
+    "x/ubuntu:24.04",
+    "abababababab",
+    "ababababab00",
+    "alpine",
+    "x/alpine",
+    "alpine:latest",
+    "bad!",
+    "sha256:abababababab",
+    "x/x/alpine",
+    "ABABABABABAB",
+    "abab",
+    "ubuntu",
+    "sha256:ababababab0110abababababababababababababababababababababababab00",
+    "",
+];
+
+/// Queries that no item key uses, besides the keys themselves.
+const FUZZ_QUERIES: [&str; 4] = ["x/alpine:latest", "x/ubuntu", "ubuntu:latest", "sha256:"];
+
 /// Decode `data` into items and queries, and check [`Lookup::resolve`] against the model.
+///
+/// Layout: item count; per item a byte (bit 0 kind, bits 1–4 key, bits 5–7 `img<n>` number)
+/// and an ID byte; then queries until the input ends, each a selector byte (bits 0–1: key or
+/// fixed query, hex prefix of an ID, `sha256:` prefix of an ID, raw text) and its arguments.
 #[doc(hidden)]
 pub fn fuzz_check(data: &[u8]) {
-    const KEYS: [&str; 8] = [
-        "ubuntu:24.04",
-        "x/ubuntu:24.04",
-        "abababababab",
-        "ababababab00",
-        "alpine",
-        "x/alpine",
-        "bad!",
-        "sha256:abababababab",
-    ];
     let mut input = Bytes(data);
     let n_items = usize::from(input.next() % 12);
     let mut items = Vec::with_capacity(n_items);
     for _ in 0..n_items {
         let b = input.next();
         let kind = Kind::ALL[usize::from(b & 1)];
-        let key = if b & 0x10 == 0 {
-            KEYS[usize::from(b >> 1 & 0x7)].to_owned()
-        } else {
-            format!("img{}", b >> 5)
+        let key = match FUZZ_KEYS.get(usize::from(b >> 1 & 0xf)) {
+            Some(key) => (*key).to_owned(),
+            None => format!("img{}", b >> 5),
         };
         let canonical = fuzz_canonical(&key);
         items.push(Item {
@@ -553,12 +572,18 @@ pub fn fuzz_check(data: &[u8]) {
     while !input.0.is_empty() {
         let b = input.next();
         let query = match b & 0x3 {
-            0 => KEYS[usize::from(b >> 2 & 0x7)].to_owned(),
-            1 | 2 => {
+            0 => {
+                let i = usize::from(b >> 2) % (FUZZ_KEYS.len() + FUZZ_QUERIES.len());
+                match FUZZ_KEYS.get(i) {
+                    Some(key) => (*key).to_owned(),
+                    None => FUZZ_QUERIES[i - FUZZ_KEYS.len()].to_owned(),
+                }
+            }
+            sel @ (1 | 2) => {
                 let hex = fuzz_id(input.next()).hex();
                 let len = usize::from(input.next()) % 66;
                 let hex = &hex[..len.min(64)];
-                if b & 0x4 == 0 {
+                if sel == 1 {
                     hex.to_owned()
                 } else {
                     format!("sha256:{hex}")

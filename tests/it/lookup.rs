@@ -323,9 +323,10 @@ fn outcome(r: Result<Match<'_>, Error>) -> Outcome {
     }
 }
 
-/// IDs that share long prefixes: a fixed stem with a few varying nibbles.
+/// One of 18 IDs sharing a 12-hex stem: they differ in the 14th and 15th hex digits and in the
+/// last byte, so small sets have aliases, collisions and odd-length distinctions.
 fn arb_id() -> impl Strategy<Value = Digest> {
-    (0u8..4, 0u8..4, any::<u8>()).prop_map(|(a, b, c)| {
+    (0u8..3, 0u8..3, 0u8..2).prop_map(|(a, b, c)| {
         let mut bytes = [0x5a; 32];
         bytes[6] = a;
         bytes[7] = b << 4;
