@@ -267,8 +267,10 @@ impl Lookup {
     /// [`Error::Ambiguous`]. If no step matches, [`Error::TooShort`] when the query is 1 to 11
     /// lowercase hex digits (optionally after `sha256:`), else [`Error::NotFound`].
     pub fn resolve(&self, query: &str, canonical_query: Option<&str>) -> Result<Match<'_>, Error> {
-        let skip_keys = !self.digest_shaped_keys && digest_shaped(query);
-        if let Some(&first) = self.by_key.get(query).filter(|_| !skip_keys) {
+        // Hashing the query and probing a map of a million keys costs more than the prefix
+        // search itself; a digest-shaped query can only equal a digest-shaped key.
+        let may_be_key = self.digest_shaped_keys || !digest_shaped(query);
+        if let Some(&first) = may_be_key.then(|| self.by_key.get(query)).flatten() {
             let hits = run(&self.key_order, first, |i| {
                 self.items[i as usize].key == query
             });
