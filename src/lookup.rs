@@ -748,6 +748,17 @@ mod tests {
     }
 
     #[test]
+    fn non_sha256_ids_resolve_only_in_full() {
+        let b3 = Digest::blake3_of(b"x");
+        let l = Lookup::build(vec![item(Kind::CloudImg, "b", None, b3)]);
+        assert_eq!(l.resolve(&b3.to_string(), None).unwrap().id, b3);
+        assert!(matches!(
+            l.resolve(&b3.hex()[..20], None),
+            Err(Error::NotFound { .. })
+        ));
+    }
+
+    #[test]
     fn seeds_of_fuzz_model() {
         fuzz_check(&[]);
         fuzz_check(&[
