@@ -5,13 +5,15 @@
 //! filesystem or of the reference grammar: the caller passes canonical forms in, so this module
 //! does not depend on [`crate::reference`].
 //!
-//! Prefix lookups do not scan: sha256 image IDs sit in one sorted table of 32-byte values, cut
-//! into up to 65,536 buckets by their leading bits (every accepted prefix has at least 48), and
-//! a query binary-searches only its bucket.
+//! Prefix lookups do not scan: the sha256 image IDs sit in one sorted table, cut into buckets by
+//! their leading bits (at most 2^16 buckets, so the bucket index stays in cache; every accepted
+//! prefix has at least 48 bits), and a query binary-searches only its bucket, first over the
+//! IDs' leading 8 bytes packed densely, then over the few full slots that remain. A slot carries
+//! the kind and item range, so a unique prefix reads nothing else. When no key looks like a
+//! digest, digest-shaped queries skip the key map as well.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::ops::Range;
 
 use crate::digest::prefix::MIN_HEX_LEN;
 use crate::digest::{Algorithm, Digest, Prefix};
@@ -111,6 +113,16 @@ struct Image {
 /// At most this many leading bits of an ID pick its bucket; every accepted prefix has 48.
 const MAX_BUCKET_BITS: u32 = 16;
 
+/// One image in the prefix table.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: [u8; 32],
+    kind: Kind,
+    /// The image's items are `items[start..end]`.
+    start: u32,
+    end: u32,
+}
+
 /// The resolver over one snapshot of both indexes.
 #[derive(Debug, Clone)]
 pub struct Lookup {
@@ -123,13 +135,17 @@ pub struct Lookup {
     /// Item indices sorted by key; `by_key` points at the first of each run of equal keys.
     key_order: Vec<u32>,
     by_key: HashMap<String, u32>,
+    /// Whether any key is [`digest_shaped`]; if none is, such queries cannot be keys.
+    digest_shaped_keys: bool,
     /// Item indices of items with a canonical form, sorted by it; `by_canonical` as `by_key`.
     canonical_order: Vec<u32>,
     by_canonical: HashMap<String, u32>,
-    /// sha256 IDs of all images, sorted; `table_image[i]` is the image of `table[i]`.
-    table: Vec<[u8; 32]>,
-    table_image: Vec<u32>,
-    /// `table[buckets[b]..buckets[b + 1]]` holds the IDs whose first 16 bits, shifted right by
+    /// Every image with a sha256 ID, sorted by ID (then kind).
+    table: Vec<Slot>,
+    /// The first 8 bytes of each `table` ID, big-endian: a fifth of the table's size, so the
+    /// binary search touches fewer cache lines.
+    heads: Vec<u64>,
+    /// `table[buckets[b]..buckets[b + 1]]` holds the IDs whose first 32 bits, shifted right by
     /// `bucket_shift`, are `b`; small tables get few buckets so building stays cheap.
     buckets: Vec<u32>,
     bucket_shift: u32,
@@ -178,36 +194,43 @@ impl Lookup {
         let by_canonical =
             first_of_runs(&canonical_order, |i| items[i as usize].canonical.as_deref());
 
-        let mut table: Vec<([u8; 32], u32)> = (0..)
-            .zip(&images)
-            .filter_map(|(ix, img)| {
-                let id = items[img.start as usize].id;
-                (id.algorithm() == Algorithm::Sha256).then(|| (id.first32(), ix))
+        let mut table: Vec<Slot> = images
+            .iter()
+            .filter_map(|img| {
+                let item = &items[img.start as usize];
+                (item.id.algorithm() == Algorithm::Sha256).then(|| Slot {
+                    id: item.id.first32(),
+                    kind: item.kind,
+                    start: img.start,
+                    end: img.end,
+                })
             })
             .collect();
-        table.sort_unstable();
-        // About one ID per bucket: the bucket table costs no more than the IDs themselves.
-        let bucket_bits = table.len().next_power_of_two().ilog2().min(MAX_BUCKET_BITS);
-        let bucket_shift = MAX_BUCKET_BITS - bucket_bits;
+        table.sort_unstable_by_key(|s| (s.id, s.kind));
+        // About four IDs per bucket until the index is 256 KiB.
+        let bucket_bits = (table.len().next_power_of_two().ilog2())
+            .saturating_sub(2)
+            .min(MAX_BUCKET_BITS);
+        let bucket_shift = 32 - bucket_bits;
         let mut buckets = vec![0u32; (1 << bucket_bits) + 1];
-        for (bytes, _) in &table {
-            buckets[bucket_of(bytes, bucket_shift) + 1] += 1;
+        for slot in &table {
+            buckets[bucket_of(head(&slot.id), bucket_shift) + 1] += 1;
         }
         for b in 0..1 << bucket_bits {
             buckets[b + 1] += buckets[b];
         }
-        let (table, table_image) = table.into_iter().unzip();
 
         Lookup {
             items,
             images,
             image_of,
             key_order,
+            digest_shaped_keys: by_key.keys().any(|k| digest_shaped(k)),
             by_key,
             canonical_order,
             by_canonical,
+            heads: table.iter().map(|s| head(&s.id)).collect(),
             table,
-            table_image,
             buckets,
             bucket_shift,
         }
@@ -244,7 +267,10 @@ impl Lookup {
     /// [`Error::Ambiguous`]. If no step matches, [`Error::TooShort`] when the query is 1 to 11
     /// lowercase hex digits (optionally after `sha256:`), else [`Error::NotFound`].
     pub fn resolve(&self, query: &str, canonical_query: Option<&str>) -> Result<Match<'_>, Error> {
-        if let Some(&first) = self.by_key.get(query) {
+        // Hashing the query and probing a map of a million keys costs more than the prefix
+        // search itself; a digest-shaped query can only equal a digest-shaped key.
+        let may_be_key = self.digest_shaped_keys || !digest_shaped(query);
+        if let Some(&first) = may_be_key.then(|| self.by_key.get(query)).flatten() {
             let hits = run(&self.key_order, first, |i| {
                 self.items[i as usize].key == query
             });
@@ -256,7 +282,12 @@ impl Lookup {
             });
             return self.decide(query, hits.iter().map(|&i| self.image_of[i as usize]));
         }
-        if let Ok(id) = Digest::parse(query) {
+        // Shorter text is never a full digest; skipping the parse spares prefix queries the
+        // allocation of its error value.
+        if let Some(id) = (query.len() >= 64)
+            .then(|| Digest::parse(query).ok())
+            .flatten()
+        {
             let hits: Vec<u32> = Kind::ALL
                 .iter()
                 .filter_map(|&kind| self.find_image(kind, id))
@@ -266,9 +297,21 @@ impl Lookup {
             }
         }
         if let Ok(prefix) = Prefix::parse(query) {
-            let range = self.prefix_range(&prefix);
-            if !range.is_empty() {
-                return self.decide(query, self.table_image[range].iter().copied());
+            match self.prefix_slots(&prefix) {
+                [] => {}
+                [slot] => {
+                    return Ok(Match {
+                        kind: slot.kind,
+                        id: Digest::sha256(slot.id),
+                        items: self.items[slot.start as usize..slot.end as usize]
+                            .iter()
+                            .collect(),
+                    })
+                }
+                slots => {
+                    let images = slots.iter().map(|s| self.image_of[s.start as usize]);
+                    return self.decide(query, images);
+                }
             }
         }
         if looks_like_short_prefix(query) {
@@ -281,15 +324,22 @@ impl Lookup {
         })
     }
 
-    /// The positions in `table` of the IDs `prefix` matches.
-    fn prefix_range(&self, prefix: &Prefix) -> Range<usize> {
-        let low = prefix.lower_bound();
-        let b = bucket_of(&low, self.bucket_shift);
+    /// The table slots whose IDs `prefix` matches.
+    fn prefix_slots(&self, prefix: &Prefix) -> &[Slot] {
+        let low = head(&prefix.lower_bound());
+        // The prefix's bits within the head; a prefix has at least 48, a head holds 64.
+        let bits = u32::try_from(prefix.hex_len() * 4).unwrap_or(u32::MAX);
+        let mask = !u64::MAX.checked_shr(bits).unwrap_or(0);
+        let b = bucket_of(low, self.bucket_shift);
         let start = self.buckets[b] as usize;
-        let bucket = &self.table[start..self.buckets[b + 1] as usize];
-        let from = bucket.partition_point(|id| prefix.cmp_bytes(id).is_lt());
-        let to = from + bucket[from..].partition_point(|id| prefix.cmp_bytes(id).is_eq());
-        start + from..start + to
+        let heads = &self.heads[start..self.buckets[b + 1] as usize];
+        let from = heads.partition_point(|&h| h & mask < low);
+        let to = from + heads[from..].partition_point(|&h| h & mask == low);
+        // Heads match the first 16 hex digits; longer prefixes narrow the run by full IDs.
+        let run = &self.table[start + from..start + to];
+        let from = run.partition_point(|s| prefix.cmp_bytes(&s.id).is_lt());
+        let rest = &run[from..];
+        &rest[..rest.partition_point(|s| prefix.cmp_bytes(&s.id).is_eq())]
     }
 
     fn find_image(&self, kind: Kind, id: Digest) -> Option<u32> {
@@ -340,8 +390,19 @@ impl Lookup {
     }
 }
 
-fn bucket_of(bytes: &[u8; 32], shift: u32) -> usize {
-    (u32::from(u16::from_be_bytes([bytes[0], bytes[1]])) >> shift) as usize
+fn head(id: &[u8; 32]) -> u64 {
+    u64::from_be_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]])
+}
+
+fn bucket_of(head: u64, shift: u32) -> usize {
+    // 64-bit so that a shift of 32 (a single bucket) is defined.
+    ((head >> 32) >> shift) as usize
+}
+
+/// Lowercase hex, optionally after `sha256:`: the shape of every full digest or prefix query.
+fn digest_shaped(s: &str) -> bool {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    !hex.is_empty() && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Map each distinct text to the position in `order` where its run of equal texts begins.
@@ -368,9 +429,7 @@ fn run(order: &[u32], first: u32, same: impl Fn(u32) -> bool) -> &[u32] {
 }
 
 fn looks_like_short_prefix(query: &str) -> bool {
-    let hex = query.strip_prefix("sha256:").unwrap_or(query);
-    (1..MIN_HEX_LEN).contains(&hex.len())
-        && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    digest_shaped(query) && query.strip_prefix("sha256:").unwrap_or(query).len() < MIN_HEX_LEN
 }
 
 /// A normalized outcome both [`Lookup::resolve`] and the fuzz model produce.
@@ -469,48 +528,67 @@ impl Bytes<'_> {
     }
 }
 
-/// A stand-in for reference canonicalization: `x/` is an optional domain, `!` makes a key
-/// unparseable. Both sides of the comparison get the same canonical forms, so any function does.
+/// A stand-in for reference canonicalization: `x/` is the default domain, `:latest` the default
+/// tag, `!` makes a key unparseable. Both sides of the comparison get the same canonical forms,
+/// so any function does; this one gives several spellings of each name.
 fn fuzz_canonical(s: &str) -> Option<String> {
     if s.contains('!') || s.is_empty() {
         return None;
     }
-    Some(format!("x/{}", s.strip_prefix("x/").unwrap_or(s)))
+    let name = s.strip_prefix("x/").unwrap_or(s);
+    let tag = if name.contains(':') { "" } else { ":latest" };
+    Some(format!("x/{name}{tag}"))
 }
 
-/// An ID from one fuzz byte: all IDs share their first 5 bytes and differ in bytes 5–6 and the
-/// last byte, so 12-hex prefixes collide and longer ones (odd lengths included) tell them apart.
+/// One of 16 IDs, from the low 4 bits of a fuzz byte. All share their first 5 bytes, so 12-hex
+/// prefixes collide, and differ in bytes 5 and 6 (the 13th and 14th hex digits keep them apart,
+/// testing odd lengths) and the last byte (only full-length prefixes tell those apart).
 fn fuzz_id(b: u8) -> Digest {
     let mut bytes = [0xab; 32];
-    bytes[5] = b >> 5;
-    bytes[6] = (b >> 2 & 0x7) << 4;
-    bytes[31] = b & 0x3;
+    bytes[5] = b >> 2 & 0x3;
+    bytes[6] = (b >> 1 & 0x1) << 4;
+    bytes[31] = b & 0x1;
     Digest::sha256(bytes)
 }
 
+/// Keys an item can have; entry 15 stands for `img<n>`.
+const FUZZ_KEYS: [&str; 15] = [
+    "ubuntu:24.04",
+    "x/ubuntu:24.04",
+    "abababababab",
+    "ababababab00",
+    "alpine",
+    "x/alpine",
+    "alpine:latest",
+    "bad!",
+    "sha256:abababababab",
+    "x/x/alpine",
+    "ABABABABABAB",
+    "abab",
+    "ubuntu",
+    "sha256:ababababab0110abababababababababababababababababababababababab00",
+    "",
+];
+
+/// Queries that no item key uses, besides the keys themselves.
+const FUZZ_QUERIES: [&str; 4] = ["x/alpine:latest", "x/ubuntu", "ubuntu:latest", "sha256:"];
+
 /// Decode `data` into items and queries, and check [`Lookup::resolve`] against the model.
+///
+/// Layout: item count; per item a byte (bit 0 kind, bits 1–4 key, bits 5–7 `img<n>` number)
+/// and an ID byte; then queries until the input ends, each a selector byte (bits 0–1: key or
+/// fixed query, hex prefix of an ID, `sha256:` prefix of an ID, raw text) and its arguments.
 #[doc(hidden)]
 pub fn fuzz_check(data: &[u8]) {
-    const KEYS: [&str; 8] = [
-        "ubuntu:24.04",
-        "x/ubuntu:24.04",
-        "abababababab",
-        "ababababab00",
-        "alpine",
-        "x/alpine",
-        "bad!",
-        "sha256:abababababab",
-    ];
     let mut input = Bytes(data);
     let n_items = usize::from(input.next() % 12);
     let mut items = Vec::with_capacity(n_items);
     for _ in 0..n_items {
         let b = input.next();
         let kind = Kind::ALL[usize::from(b & 1)];
-        let key = if b & 0x10 == 0 {
-            KEYS[usize::from(b >> 1 & 0x7)].to_owned()
-        } else {
-            format!("img{}", b >> 5)
+        let key = match FUZZ_KEYS.get(usize::from(b >> 1 & 0xf)) {
+            Some(key) => (*key).to_owned(),
+            None => format!("img{}", b >> 5),
         };
         let canonical = fuzz_canonical(&key);
         items.push(Item {
@@ -525,12 +603,18 @@ pub fn fuzz_check(data: &[u8]) {
     while !input.0.is_empty() {
         let b = input.next();
         let query = match b & 0x3 {
-            0 => KEYS[usize::from(b >> 2 & 0x7)].to_owned(),
-            1 | 2 => {
+            0 => {
+                let i = usize::from(b >> 2) % (FUZZ_KEYS.len() + FUZZ_QUERIES.len());
+                match FUZZ_KEYS.get(i) {
+                    Some(key) => (*key).to_owned(),
+                    None => FUZZ_QUERIES[i - FUZZ_KEYS.len()].to_owned(),
+                }
+            }
+            sel @ (1 | 2) => {
                 let hex = fuzz_id(input.next()).hex();
                 let len = usize::from(input.next()) % 66;
                 let hex = &hex[..len.min(64)];
-                if b & 0x4 == 0 {
+                if sel == 1 {
                     hex.to_owned()
                 } else {
                     format!("sha256:{hex}")
@@ -661,6 +745,17 @@ mod tests {
             panic!("{err:?}")
         };
         assert_eq!(candidates.len(), 15);
+    }
+
+    #[test]
+    fn non_sha256_ids_resolve_only_in_full() {
+        let b3 = Digest::blake3_of(b"x");
+        let l = Lookup::build(vec![item(Kind::CloudImg, "b", None, b3)]);
+        assert_eq!(l.resolve(&b3.to_string(), None).unwrap().id, b3);
+        assert!(matches!(
+            l.resolve(&b3.hex()[..20], None),
+            Err(Error::NotFound { .. })
+        ));
     }
 
     #[test]
