@@ -6,8 +6,20 @@
 //! normalized text in one `String` with offsets for the parts.
 //!
 //! This module does no I/O and knows nothing of the store: it must not touch files, the index or
-//! the network. Parsing is total: any input (including invalid UTF-8 boundaries inside multi-byte
-//! characters) yields a value or an [`Error`], never a panic.
+//! the network. Parsing is total: any input, multi-byte characters included, yields a value or an
+//! [`Error`], never a panic.
+//!
+//! ```
+//! use imgstore::reference::Reference;
+//!
+//! let r = Reference::parse("ubuntu:22.04").unwrap();
+//! assert_eq!(r.domain(), "docker.io");
+//! assert_eq!(r.path(), "library/ubuntu");
+//! assert_eq!(r.tag(), Some("22.04"));
+//! assert_eq!(r.to_string(), "docker.io/library/ubuntu:22.04");
+//! assert_eq!(r.familiar(), "ubuntu:22.04");
+//! assert_eq!(Reference::parse("localhost:5000/app").unwrap().canonical(), "localhost:5000/app:latest");
+//! ```
 
 use std::fmt;
 use std::str::FromStr;
@@ -227,11 +239,33 @@ fn parse(s: &str) -> Result<Reference, Error> {
     if b.is_empty() {
         return Err(Error::Empty);
     }
-    // Every split below is at an ASCII byte, so every slice lands on a char boundary.
-    let (before_digest, digest_text) = match memchr(b'@', b) {
-        Some(i) => (&s[..i], Some(&s[i + 1..])),
-        None => (s, None),
-    };
+    // One pass finds every split point. Each is at an ASCII byte, so every slice below lands on a
+    // char boundary whatever the input holds.
+    let mut at = b.len();
+    let mut first_slash = None;
+    let mut last_colon = None;
+    let mut colon_is_last_separator = false;
+    let mut first_looks_like_domain = false;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'@' => {
+                at = i;
+                break;
+            }
+            b'/' => {
+                first_slash.get_or_insert(i);
+                colon_is_last_separator = false;
+            }
+            b':' => {
+                last_colon = Some(i);
+                colon_is_last_separator = true;
+                first_looks_like_domain |= first_slash.is_none();
+            }
+            b'.' | b'A'..=b'Z' => first_looks_like_domain |= first_slash.is_none(),
+            _ => {}
+        }
+    }
+    let (before_digest, digest_text) = (&s[..at], s.get(at + 1..));
     let digest = match digest_text {
         None => None,
         // A bare hex digest means sha256 elsewhere, but the reference grammar needs `algo:`.
@@ -242,11 +276,8 @@ fn parse(s: &str) -> Result<Reference, Error> {
     };
 
     // The tag colon is the last one not followed by a `/` (a port's colon always is).
-    let nb = before_digest.as_bytes();
-    let (name, tag) = match memrchr(b':', nb) {
-        Some(i) if memchr(b'/', &nb[i + 1..]).is_none() => {
-            (&before_digest[..i], Some(&before_digest[i + 1..]))
-        }
+    let (name, tag) = match last_colon {
+        Some(i) if colon_is_last_separator => (&before_digest[..i], Some(&before_digest[i + 1..])),
         _ => (before_digest, None),
     };
     if let Some(t) = tag {
@@ -260,9 +291,11 @@ fn parse(s: &str) -> Result<Reference, Error> {
         });
     }
 
-    let nb = name.as_bytes();
-    let (domain, path) = match memchr(b'/', nb) {
-        Some(i) if looks_like_domain(&nb[..i]) => (&name[..i], &name[i + 1..]),
+    // A tag colon has no `/` after it, so the first slash, if any, is inside the name.
+    let (domain, path) = match first_slash {
+        Some(i) if first_looks_like_domain || &name[..i] == "localhost" => {
+            (&name[..i], &name[i + 1..])
+        }
         _ => ("", name),
     };
     if !domain.is_empty() {
@@ -426,10 +459,6 @@ fn is_ipv6(inner: &[u8]) -> bool {
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&c| c == needle)
-}
-
-fn memrchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().rposition(|&c| c == needle)
 }
 
 /// The property the reference fuzz target and its seed-corpus test check: parsing never panics;
