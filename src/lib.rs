@@ -54,4 +54,5 @@ pub mod store;
 pub mod verify;
 
 pub use digest::{Algorithm, Digest, Prefix};
+pub use reference::Reference;
 pub use store::{Kind, Layout};

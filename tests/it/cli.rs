@@ -321,3 +321,52 @@ fn corrupt_index_is_reported_with_offset_and_kept() {
         "the corrupt file is never replaced"
     );
 }
+
+/// A stored blob damaged after ingest: a flipped byte is `corrupt` (blake3 and sha256 both catch
+/// it), a truncated blob is `truncated` without hashing, and both make `verify` exit 1 while
+/// `config` refuses the truncated one outright.
+#[test]
+fn verify_reports_flipped_byte_and_truncation() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let disk = dir.path().join("disk.raw");
+    let data: Vec<u8> = (0..(2u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&disk, &data).unwrap();
+    run(&root, &["import", "victim", disk.to_str().unwrap()]).ok();
+    run(&root, &["verify", "victim"]).ok();
+    let blobs = root.join("cloudimg/blobs");
+    let blob = std::fs::read_dir(&blobs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&blob, &bytes).unwrap();
+    for extra in [&[][..], &["--sha256"][..]] {
+        let mut args = vec!["verify", "victim", "-o", "json"];
+        args.extend_from_slice(extra);
+        let r = run(&root, &args);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        let v = r.json();
+        assert_eq!(v[0]["status"], "corrupt", "{v}");
+        assert!(v[0]["detail"].as_str().unwrap().contains("expected"));
+    }
+    bytes.truncate(mid);
+    std::fs::write(&blob, &bytes).unwrap();
+    let r = run(&root, &["verify", "-o", "json"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.json()[0]["status"], "truncated");
+    let r = run(
+        &root,
+        &["config", "victim", "--firmware", disk.to_str().unwrap()],
+    )
+    .fails();
+    assert!(r.stderr.contains("expected"), "{}", r.stderr);
+}
