@@ -2,6 +2,7 @@
 
 mod cli;
 mod cli_support;
+mod cloud_e2e;
 mod cloudimg;
 mod erofs;
 mod fuzz_seeds;
@@ -10,9 +11,9 @@ mod index;
 mod ingest;
 mod lock;
 mod lookup;
-mod reference;
-mod support;
-mod verify;
 mod oci_image;
+mod reference;
 mod registry;
 mod registry_server;
+mod support;
+mod verify;

@@ -272,6 +272,30 @@ impl Error {
         }
     }
 
+    /// Name the image by `label` instead of `staged` in messages: checks run on a staged copy
+    /// under the store's `temp/`, a path the user never gave and that is gone by the time the
+    /// error is shown. Errors about other paths are returned unchanged.
+    #[must_use]
+    pub fn relabel(mut self, staged: &std::path::Path, label: &str) -> Error {
+        match &mut self {
+            Error::FormatMismatch { path, .. }
+            | Error::UnsupportedFormat { path, .. }
+            | Error::BadHeader { path, .. }
+            | Error::BackingFile { path, .. }
+            | Error::DataFile { path, .. }
+            | Error::Encrypted { path }
+            | Error::Empty { path }
+            | Error::VirtualSizeTooLarge { path, .. }
+            | Error::CheckFailed { path, .. }
+                if path.as_path() == staged =>
+            {
+                *path = PathBuf::from(label);
+            }
+            _ => {}
+        }
+        self
+    }
+
     /// Whether trying again later might succeed (timeouts, dropped connections, 5xx, 429).
     #[must_use]
     pub fn is_transient(&self) -> bool {
