@@ -131,9 +131,9 @@ impl Store {
                     Box::new(std::io::empty()) as Box<dyn Read + Send>,
                     |acc, f| Box::new(acc.chain(f)),
                 );
-                self.ingest_cloud(name, chained, &source_name, None)
+                self.ingest_cloud(name, chained, &source_name, None, None)
             }
-            CloudSource::Stdin => self.ingest_cloud(name, std::io::stdin(), "stdin", None),
+            CloudSource::Stdin => self.ingest_cloud(name, std::io::stdin(), "stdin", None, None),
         }
     }
 
@@ -160,7 +160,8 @@ impl Store {
         }
         let download = cloudimg::open(url, &self.opts.cloud_limits)?;
         let total = download.content_length();
-        self.ingest_cloud(url, download, url, total)
+        let cap = self.opts.cloud_limits.max_download;
+        self.ingest_cloud(url, download, url, total, Some(cap))
     }
 
     fn ingest_cloud(
@@ -169,6 +170,7 @@ impl Store {
         reader: impl Read + Send,
         source_name: &str,
         total: Option<u64>,
+        max_size: Option<u64>,
     ) -> Result<PullOutcome, Error> {
         let b = self.layout.backend(Kind::CloudImg);
         let (head, reader) = sniffed(reader, source_name)?;
@@ -187,7 +189,9 @@ impl Store {
         }
         fsutil::create_dir_all(&b.temp_dir())?;
         let expected = Expected {
-            max_size: Some(self.opts.cloud_limits.max_download),
+            // The download cap guards against endless or hostile servers; a local file or pipe
+            // is the operator's own choice (cocoon stores imported images above 20 GiB).
+            max_size,
             ..Expected::default()
         };
         let label = name.to_owned();

@@ -115,7 +115,7 @@ fn blob_path(root: &Path, id: &str) -> PathBuf {
 fn temp_leftovers(root: &Path) -> Vec<String> {
     names(&root.join("cloudimg/temp"))
         .into_iter()
-        .filter(|n| !n.ends_with(".lock"))
+        .filter(|n| Path::new(n).extension().is_none_or(|e| e != "lock"))
         .collect()
 }
 
@@ -141,6 +141,8 @@ fn snap(root: &Path) -> Snap {
 #[track_caller]
 fn assert_failed_cleanly(root: &Path, before: &Snap, r: Run, mentions: &[&str]) -> Run {
     let r = r.fails();
+    // Shown with --nocapture, to read the messages as a user would.
+    eprintln!("{}", r.stderr.trim_end());
     for m in mentions {
         assert!(
             r.stderr.contains(m),
@@ -575,7 +577,7 @@ fn pull_over_the_size_cap_is_refused() {
     for path in ["/announced", "/chunked"] {
         let url = server.url(path);
         let r = run(&f.root, &["pull", "--max-size", "1M", &url]);
-        assert_failed_cleanly(&f.root, &before, r, &[&url, "limit of 1048576 bytes"]);
+        assert_failed_cleanly(&f.root, &before, r, &[&url, "download limit of 1 MiB"]);
     }
     // Under a cap it fits, it is stored.
     run(
@@ -663,7 +665,12 @@ fn huge_virtual_size_is_refused() {
     let huge = f.files.join("huge.qcow2");
     let before = snap(&f.root);
     let r = run(&f.root, &["import", "huge", s(&huge)]);
-    assert_failed_cleanly(&f.root, &before, r, &[s(&huge), "virtual size", "exceeds"]);
+    assert_failed_cleanly(
+        &f.root,
+        &before,
+        r,
+        &[s(&huge), "virtual size 100 TiB", "limit of 2 TiB"],
+    );
 }
 
 #[test]
