@@ -733,52 +733,76 @@ fn concurrent_pulls_of_one_url_share_one_blob() {
     run(&f.root, &["verify"]).ok();
 }
 
-/// Ctrl-C during a download removes the partial temp file: the process exits without running
-/// destructors, so the CLI's signal handler must do it.
-#[test]
-fn interrupted_pull_leaves_nothing_behind() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
+/// Start `imgstore --root ROOT ARGS`, wait until its temp file appears, send `signal`, and
+/// check it exits 128 + signal leaving no temp file, no blob and no index. The process exits
+/// without running destructors, so the CLI's signal handler must remove its temp files.
+/// `feed` is written to the child's stdin, which is then held open until the child is gone.
+fn interrupt_leaves_nothing(args: &[&str], feed: Option<&[u8]>, signal: nix::sys::signal::Signal) {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
 
     let f = fixture();
-    let server = Server::start();
-    server.route("/endless", Route::Endless);
-    let url = server.url("/endless");
-    let child = Command::new(bin())
+    let mut child = Command::new(bin())
         .arg("--root")
         .arg(&f.root)
-        .args(["pull", "--max-size", "4G", &url])
-        .stdin(Stdio::null())
+        .args(args)
+        .stdin(if feed.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stdin = child.stdin.take();
+    if let (Some(pipe), Some(bytes)) = (&mut stdin, feed) {
+        pipe.write_all(bytes).unwrap();
+        pipe.flush().unwrap();
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while temp_leftovers(&f.root).is_empty() {
         assert!(Instant::now() < deadline, "no temp file appeared");
         std::thread::sleep(Duration::from_millis(20));
     }
-    kill(
-        Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        Signal::SIGINT,
-    )
-    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, signal).unwrap();
     let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let sig = signal as i32;
     assert!(
-        !out.status.success(),
-        "an interrupted pull reported success"
+        out.status.code() == Some(128 + sig) || out.status.signal() == Some(sig),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert!(
-            out.status.code() == Some(130) || out.status.signal() == Some(2),
-            "{:?}",
-            out.status
-        );
-    }
     assert_eq!(temp_leftovers(&f.root), Vec::<String>::new(), "temp debris");
     assert_eq!(names(&blobs_dir(&f.root)), Vec::<String>::new());
     assert!(!index_path(&f.root).exists());
+}
+
+/// Ctrl-C (and a plain `kill`) during a download removes the partial file.
+#[test]
+fn interrupted_pull_leaves_nothing_behind() {
+    let server = Server::start();
+    server.route("/endless", Route::Endless);
+    let url = server.url("/endless");
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        interrupt_leaves_nothing(&["pull", "--max-size", "4G", &url], None, signal);
+    }
+}
+
+/// Ctrl-C during an import from a pipe that is still open.
+#[test]
+fn interrupted_stdin_import_leaves_nothing_behind() {
+    interrupt_leaves_nothing(
+        &["import", "piped"],
+        Some(&pattern(MIB, 18)),
+        nix::sys::signal::Signal::SIGINT,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
