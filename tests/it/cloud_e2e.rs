@@ -499,6 +499,44 @@ fn same_url_is_not_downloaded_again_unless_forced() {
     assert_eq!(temp_leftovers(&f.root), Vec::<String>::new());
 }
 
+/// A stored blob that was deleted or truncated behind the store's back is not trusted because
+/// its name exists (a cocoon bug): pulling the URL again fetches and republishes it.
+#[test]
+fn damaged_blob_is_fetched_again() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let f = fixture();
+    let server = Server::start();
+    server.route("/x.img", Route::bytes(pattern(MIB, 19)));
+    let url = server.url("/x.img");
+    let id = run(&f.root, &["-o", "json", "pull", &url]).ok().json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blob = blob_path(&f.root, &id);
+    let good = std::fs::read(&blob).unwrap();
+
+    // Truncated: config refuses it, a plain pull repairs it.
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&blob).unwrap();
+    file.set_len(4096).unwrap();
+    drop(file);
+    run(&f.root, &["config", &url, "--firmware", s(&blob)]).fails();
+    let again = run(&f.root, &["-o", "json", "pull", &url]).ok().json();
+    assert_eq!(again[0]["reused"], false);
+    assert_eq!(server.requests().len(), 2);
+    assert_eq!(std::fs::read(&blob).unwrap(), good);
+    run(&f.root, &["verify"]).ok();
+
+    // Deleted: the same.
+    std::fs::remove_file(&blob).unwrap();
+    run(&f.root, &["pull", &url]).ok();
+    assert_eq!(server.requests().len(), 3);
+    assert_eq!(std::fs::read(&blob).unwrap(), good);
+    run(&f.root, &["verify"]).ok();
+    assert_eq!(temp_leftovers(&f.root), Vec::<String>::new());
+}
+
 #[test]
 fn pull_http_errors_name_url_and_status() {
     let f = fixture();
