@@ -558,6 +558,21 @@ fn pull_http_errors_name_url_and_status() {
         &[&boom, "HTTP 500 Internal Server Error"],
     );
 
+    // https to a plain-http server (one that answers the ClientHello with a 400, as most do):
+    // the handshake fails, and the message says so.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls = format!("https://{}/x.img", plain.local_addr().unwrap());
+    let answer = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = plain.accept().unwrap();
+        let mut hello = [0u8; 512];
+        let _ = conn.read(&mut hello);
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+    });
+    let r = run(&f.root, &["pull", &tls]);
+    answer.join().unwrap();
+    assert_failed_cleanly(&f.root, &before, r, &[&tls, "TLS error"]);
+
     let refused = refused_url("/x.img");
     let r = run(&f.root, &["pull", &refused]);
     assert_failed_cleanly(&f.root, &before, r, &[&refused, "connection refused"]);
