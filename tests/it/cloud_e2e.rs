@@ -858,6 +858,64 @@ fn interrupted_stdin_import_leaves_nothing_behind() {
     );
 }
 
+/// `gc` running while an import is in flight must not sweep its temp file, however old the
+/// file looks: the import then completes as if nothing happened.
+#[test]
+fn gc_spares_an_import_in_flight() {
+    use std::io::Write;
+
+    let f = fixture();
+    let bytes = pattern(3 * MIB, 20);
+    let mut child = Command::new(bin())
+        .arg("--root")
+        .arg(&f.root)
+        .args(["-o", "json", "import", "inflight"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Less than one pipeline buffer: the import stages it and waits for more.
+    stdin.write_all(&bytes[..MIB / 2]).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let temp = loop {
+        if let Some(n) = temp_leftovers(&f.root).pop() {
+            break f.root.join("cloudimg/temp").join(n);
+        }
+        assert!(Instant::now() < deadline, "no temp file appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let old = std::time::SystemTime::now() - Duration::from_secs(3 * 3600);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&temp)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let report = run(&f.root, &["-o", "json", "gc", "--grace", "0"]).ok();
+    assert!(
+        temp.exists(),
+        "gc removed a temp file in use: {}",
+        report.stdout
+    );
+
+    stdin.write_all(&bytes[MIB / 2..]).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(id["id"], format!("sha256:{}", sha256_hex(&bytes)).as_str());
+    run(&f.root, &["verify", "inflight"]).ok();
+    assert_eq!(temp_leftovers(&f.root), Vec::<String>::new());
+}
+
 // ---------------------------------------------------------------------------------------------
 // cocoon compatibility and firmware
 
