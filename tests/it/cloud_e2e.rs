@@ -953,6 +953,23 @@ fn import_into_a_cocoon_root_keeps_cocoon_entries() {
         );
     }
     assert_eq!(images["fresh"]["content_sum"], out["id"]);
+    assert_eq!(images["fresh"]["ref"], "fresh");
+
+    // cocoon's own entries verify as "unverifiable" (no recorded digests), the new one as ok.
+    let v = run(&f.root, &["-o", "json", "verify"]).ok().json();
+    for row in v.as_array().unwrap() {
+        let want = if row["image"] == "fresh" {
+            "ok"
+        } else {
+            "unverifiable"
+        };
+        assert_eq!(row["status"], want, "{row}");
+    }
+    let cfg = run(&f.root, &["-o", "json", "config", "fresh"]).ok().json();
+    assert_eq!(
+        cfg[0]["boot"]["firmware_path"],
+        s(&f.root.join("firmware/CLOUDHV.fd"))
+    );
     let list = run(&f.root, &["-o", "json", "list"]).ok().json();
     assert!(list
         .as_array()
