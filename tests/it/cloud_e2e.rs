@@ -786,6 +786,103 @@ fn concurrent_pulls_of_one_url_share_one_blob() {
     run(&f.root, &["verify"]).ok();
 }
 
+/// Two imports of the same bytes under different names at once: one conversion wins, the other
+/// reuses its blob; both names end up on one image.
+#[test]
+fn concurrent_imports_of_one_content_share_one_blob() {
+    let f = fixture();
+    let a = raw_image(&f.files, "a.raw", 4, 21);
+    let b = f.files.join("b.raw");
+    std::fs::copy(&a, &b).unwrap();
+    let spawn = |name: &str, file: &Path| {
+        Command::new(bin())
+            .arg("--root")
+            .arg(&f.root)
+            .args(["import", name])
+            .arg(file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn("a", &a), spawn("b", &b)];
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(names(&blobs_dir(&f.root)).len(), 1);
+    let info = run(&f.root, &["-o", "json", "inspect", "a"]).ok().json();
+    assert_eq!(info["names"], serde_json::json!(["a", "b"]));
+    assert_eq!(temp_leftovers(&f.root), Vec::<String>::new());
+    run(&f.root, &["verify"]).ok();
+}
+
+/// A pull in progress holds no index lock (cocoon held it for the whole download): `list` and
+/// `config` of other images work meanwhile, even with a short lock timeout.
+#[test]
+fn a_pull_in_flight_blocks_no_reader() {
+    use nix::sys::signal::{kill, Signal};
+
+    let f = fixture();
+    let src = raw_image(&f.files, "disk.raw", 1, 22);
+    import_ok(&f.root, "ready", &[&src]);
+    let fw = f.files.join("fw.fd");
+    std::fs::write(&fw, b"fw").unwrap();
+
+    let server = Server::start();
+    server.route("/endless", Route::Endless);
+    let child = Command::new(bin())
+        .arg("--root")
+        .arg(&f.root)
+        .args(["pull", "--max-size", "4G", &server.url("/endless")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while temp_leftovers(&f.root).is_empty() {
+        assert!(Instant::now() < deadline, "no temp file appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cfg = run(
+        &f.root,
+        &[
+            "--lock-timeout",
+            "5s",
+            "-o",
+            "json",
+            "config",
+            "ready",
+            "--firmware",
+            s(&fw),
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(cfg[0]["image"], "ready");
+    run(&f.root, &["--lock-timeout", "5s", "list"]).ok();
+    // Another import commits its index entry while the pull is still downloading.
+    let other = raw_image(&f.files, "other.raw", 1, 23);
+    run(
+        &f.root,
+        &["--lock-timeout", "5s", "import", "other", s(&other)],
+    )
+    .ok();
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    kill(pid, Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(temp_leftovers(&f.root), Vec::<String>::new());
+    assert_eq!(names(&blobs_dir(&f.root)).len(), 2);
+}
+
 /// Start `imgstore --root ROOT ARGS`, wait until its temp file appears, send `signal`, and
 /// check it exits 128 + signal leaving no temp file, no blob and no index. The process exits
 /// without running destructors, so the CLI's signal handler must remove its temp files.
