@@ -709,6 +709,33 @@ fn qcow2_with_a_backing_file_is_refused() {
 }
 
 #[test]
+fn qcow2_with_an_external_data_file_is_refused() {
+    let f = fixture();
+    qemu_img(
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=data.raw",
+            "ext.qcow2",
+            "16M",
+        ],
+        &f.files,
+    );
+    let ext = f.files.join("ext.qcow2");
+    let before = snap(&f.root);
+    let r = run(&f.root, &["import", "ext", s(&ext)]);
+    assert_failed_cleanly(
+        &f.root,
+        &before,
+        r,
+        &[s(&ext), "external data file", "data.raw"],
+    );
+}
+
+#[test]
 fn huge_virtual_size_is_refused() {
     let f = fixture();
     qemu_img(
