@@ -214,8 +214,18 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Temp files and dirs alive in this process, so an interrupt handler can remove them.
 static LIVE: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
 
+/// Set once [`remove_live_temps`] ran: the process is exiting, and a temp entry another thread
+/// creates in the meantime must not outlive it.
+static CLOSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn track(path: &Path) {
-    LIVE.lock().push(path.to_path_buf());
+    let mut live = LIVE.lock();
+    if CLOSING.load(Ordering::SeqCst) {
+        drop(live);
+        let _ = remove_any(path);
+        return;
+    }
+    live.push(path.to_path_buf());
 }
 
 fn untrack(path: &Path) {
@@ -226,9 +236,14 @@ fn untrack(path: &Path) {
 }
 
 /// Remove every temp file and dir this process still holds. For interrupt handlers: the process
-/// is about to exit without running destructors.
+/// is about to exit without running destructors. Any temp entry created after this call (by a
+/// thread still running) is removed as soon as it is created.
 pub fn remove_live_temps() {
-    let live = std::mem::take(&mut *LIVE.lock());
+    let live = {
+        let mut guard = LIVE.lock();
+        CLOSING.store(true, Ordering::SeqCst);
+        std::mem::take(&mut *guard)
+    };
     for p in live {
         let _ = remove_any(&p);
     }

@@ -37,19 +37,33 @@ pub fn reporter() -> Option<Progress> {
                 old.finish_and_clear();
             }
             let pb = match total {
+                // A step with no byte count (a conversion): an animated spinner and the whole
+                // message, instead of a frozen "0 B 0 B/s".
+                None if done == 0 => {
+                    let pb = ProgressBar::new_spinner().with_style(
+                        ProgressStyle::with_template("{spinner} {wide_msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+                    pb
+                }
                 Some(t) => ProgressBar::new(t).with_style(
                     ProgressStyle::with_template(
-                        "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                        "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
                 ),
                 None => ProgressBar::new_spinner().with_style(
-                    ProgressStyle::with_template("{spinner} {msg:30!} {bytes} {bytes_per_sec}")
+                    ProgressStyle::with_template("{spinner} {msg:30} {bytes} {bytes_per_sec}")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 ),
             };
-            pb.set_message(what.to_owned());
+            pb.set_message(if total.is_none() && done == 0 {
+                what.to_owned()
+            } else {
+                tail(what, LABEL_WIDTH)
+            });
             *slot = Some((what.to_owned(), pb));
         }
         if let Some((_, pb)) = &*slot {
@@ -59,6 +73,20 @@ pub fn reporter() -> Option<Progress> {
             pb.set_position(done);
         }
     }))
+}
+
+/// Width of the label column of a bar.
+const LABEL_WIDTH: usize = 30;
+
+/// The end of `what` in at most `width` characters: for a URL or path the file name at the end
+/// says more than the scheme and host at the start.
+fn tail(what: &str, width: usize) -> String {
+    let n = what.chars().count();
+    if n <= width {
+        return what.to_owned();
+    }
+    let keep: String = what.chars().skip(n - (width - 1)).collect();
+    format!("…{keep}")
 }
 
 /// Remove the bar, if any.
@@ -83,4 +111,22 @@ pub fn install_interrupt_cleanup() {
             std::process::exit(128 + sig);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail;
+
+    #[test]
+    fn long_labels_keep_their_end() {
+        assert_eq!(tail("short", 30), "short");
+        let url = "https://cloud-images.ubuntu.com/jammy/current/jammy-server-cloudimg-amd64.img";
+        let t = tail(url, 30);
+        assert_eq!(t.chars().count(), 30);
+        assert!(
+            t.starts_with('…') && t.ends_with("-server-cloudimg-amd64.img"),
+            "{t}"
+        );
+        assert_eq!(tail("ééééé", 3), "…éé");
+    }
 }

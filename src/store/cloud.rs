@@ -52,6 +52,9 @@ fn sniffed(mut r: impl Read, source_name: &str) -> Result<(Vec<u8>, impl Read), 
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if cloudimg::Error::from_io_ref(&e).is_some() => {
+                return Err(cloudimg::Error::from_io(e, source_name).into())
+            }
             Err(e) => return Err(Error::Other(format!("reading {source_name}: {e}"))),
         }
     }
@@ -117,9 +120,9 @@ impl Store {
                     Box::new(std::io::empty()) as Box<dyn Read + Send>,
                     |acc, f| Box::new(acc.chain(f)),
                 );
-                self.ingest_cloud(name, chained, &source_name, None)
+                self.ingest_cloud(name, chained, &source_name, None, None)
             }
-            CloudSource::Stdin => self.ingest_cloud(name, std::io::stdin(), "stdin", None),
+            CloudSource::Stdin => self.ingest_cloud(name, std::io::stdin(), "stdin", None, None),
         }
     }
 
@@ -146,7 +149,8 @@ impl Store {
         }
         let download = cloudimg::open(url, &self.opts.cloud_limits)?;
         let total = download.content_length();
-        self.ingest_cloud(url, download, url, total)
+        let cap = self.opts.cloud_limits.max_download;
+        self.ingest_cloud(url, download, url, total, Some(cap))
     }
 
     fn ingest_cloud(
@@ -155,6 +159,7 @@ impl Store {
         reader: impl Read + Send,
         source_name: &str,
         total: Option<u64>,
+        max_size: Option<u64>,
     ) -> Result<PullOutcome, Error> {
         let b = self.layout.backend(Kind::CloudImg);
         let (head, reader) = sniffed(reader, source_name)?;
@@ -173,12 +178,15 @@ impl Store {
         }
         fsutil::create_dir_all(&b.temp_dir())?;
         let expected = Expected {
-            max_size: Some(self.opts.cloud_limits.max_download),
+            // The download cap guards against endless or hostile servers; a local file or pipe
+            // is the operator's own choice (cocoon stores imported images above 20 GiB).
+            max_size,
             ..Expected::default()
         };
         let label = name.to_owned();
         let progress = |done: u64| self.progress(&label, done, total);
-        let staged = ingest::stage(&b.temp_dir(), reader, source_name, &expected, &progress)?;
+        let staged = ingest::stage(&b.temp_dir(), reader, source_name, &expected, &progress)
+            .map_err(download_error)?;
         let key = staged.sums.sha256;
 
         let guard = self.lock_digest(Kind::CloudImg, &key)?;
@@ -191,7 +199,8 @@ impl Store {
                 Format::Qcow2 => "qcow2",
                 _ => "raw",
             };
-            let info = cloudimg::check_untrusted(staged.temp.path(), fmt, &self.opts.cloud_limits)?;
+            let info = cloudimg::check_untrusted(staged.temp.path(), fmt, &self.opts.cloud_limits)
+                .map_err(|e| e.relabel(staged.temp.path(), source_name))?;
             match cloudimg::plan(&info) {
                 Plan::StoreAsIs => {
                     let sums =
@@ -205,7 +214,9 @@ impl Store {
                     self.progress(&format!("converting {name}"), 0, None);
                     cloudimg::convert(staged.temp.path(), from, &out)?;
                     drop(staged);
-                    cloudimg::check_untrusted(&out, "qcow2", &self.opts.cloud_limits)?;
+                    cloudimg::check_untrusted(&out, "qcow2", &self.opts.cloud_limits).map_err(
+                        |e| e.relabel(&out, &format!("{source_name} (converted to qcow2)")),
+                    )?;
                     let sums = verify::sums_of_file(&out)?;
                     (self.publish_blob(Kind::CloudImg, &key, &out, sums)?, false)
                 }
@@ -283,6 +294,20 @@ impl Store {
                 self.import_oci(name, &source)
             }
         }
+    }
+}
+
+/// A download failure surfaces from staging as a read error wrapping the [`cloudimg::Error`];
+/// unwrap it so the message says "GET <url>: HTTP …" once rather than "reading <url>: GET <url>: …".
+fn download_error(e: ingest::Error) -> Error {
+    match e {
+        ingest::Error::Read {
+            source,
+            source_name,
+        } if cloudimg::Error::from_io_ref(&source).is_some() => {
+            cloudimg::Error::from_io(source, &source_name).into()
+        }
+        other => other.into(),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cli_support;
+mod cloud_e2e;
 mod cloudimg;
 mod erofs;
 mod fuzz_seeds;

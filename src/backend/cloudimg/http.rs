@@ -187,7 +187,12 @@ pub fn open(url: &str, limits: &Limits) -> Result<Download, Error> {
     check_url(url)?;
     let response = agent(limits).get(url).call().map_err(|e| Error::Http {
         url: url.to_owned(),
-        cause: describe(&e, limits),
+        cause: describe(
+            &e,
+            limits,
+            url.get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("https://")),
+        ),
         transient: is_transient(&e),
     })?;
     let status = response.status();
@@ -236,7 +241,7 @@ pub fn download(url: &str, limits: &Limits, sink: &mut impl Write) -> Result<u64
     open(url, limits)?.copy_to(sink)
 }
 
-fn describe(e: &ureq::Error, limits: &Limits) -> String {
+fn describe(e: &ureq::Error, limits: &Limits, https: bool) -> String {
     use ureq::Timeout;
     match e {
         ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve) => {
@@ -246,8 +251,16 @@ fn describe(e: &ureq::Error, limits: &Limits) -> String {
             format!("timed out: no data for {:?}", limits.read_timeout)
         }
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        // rustls errors reach us as bare `InvalidData` I/O errors whose text alone ("received
+        // corrupt message of type InvalidContentType") does not say TLS; on an https request,
+        // before any response, that is what they are (typically: the server speaks plain http).
+        ureq::Error::Io(io) if https && io.kind() == io::ErrorKind::InvalidData => {
+            format!("TLS error: {}", describe_io(io))
+        }
         ureq::Error::Io(io) => describe_io(io),
         ureq::Error::HostNotFound => "host not found".to_owned(),
+        ureq::Error::Rustls(e) => format!("TLS error: {e}"),
+        ureq::Error::Tls(e) => format!("TLS error: {e}"),
         ureq::Error::TooManyRedirects => format!("more than {MAX_REDIRECTS} redirects"),
         other => other.to_string(),
     }
@@ -282,6 +295,8 @@ fn describe_io(e: &io::Error) -> String {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
         return match inner {
             ureq::Error::Timeout(t) => format!("timed out ({t})"),
+            ureq::Error::Rustls(e) => format!("TLS error: {e}"),
+            ureq::Error::Tls(e) => format!("TLS error: {e}"),
             other => other.to_string(),
         };
     }

@@ -129,7 +129,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// The virtual disk is larger than allowed.
-    #[error("{path}: virtual size {size} bytes exceeds the limit of {limit} bytes", path = path.display())]
+    #[error("{path}: virtual size {} exceeds the limit of {}", bytes_text(*size), bytes_text(*limit), path = path.display())]
     VirtualSizeTooLarge {
         /// The image.
         path: PathBuf,
@@ -205,7 +205,7 @@ pub enum Error {
         transient: bool,
     },
     /// The body is larger than [`Limits::max_download`].
-    #[error("GET {url}: body exceeds the download limit of {limit} bytes{}", content_length.map_or_else(String::new, |n| format!(" (Content-Length {n})")))]
+    #[error("GET {url}: body exceeds the download limit of {}{}", bytes_text(*limit), content_length.map_or_else(String::new, |n| format!(" (Content-Length {n})")))]
     TooLarge {
         /// The URL asked for.
         url: String,
@@ -272,6 +272,30 @@ impl Error {
         }
     }
 
+    /// Name the image by `label` instead of `staged` in messages: checks run on a staged copy
+    /// under the store's `temp/`, a path the user never gave and that is gone by the time the
+    /// error is shown. Errors about other paths are returned unchanged.
+    #[must_use]
+    pub fn relabel(mut self, staged: &std::path::Path, label: &str) -> Error {
+        match &mut self {
+            Error::FormatMismatch { path, .. }
+            | Error::UnsupportedFormat { path, .. }
+            | Error::BadHeader { path, .. }
+            | Error::BackingFile { path, .. }
+            | Error::DataFile { path, .. }
+            | Error::Encrypted { path }
+            | Error::Empty { path }
+            | Error::VirtualSizeTooLarge { path, .. }
+            | Error::CheckFailed { path, .. }
+                if path.as_path() == staged =>
+            {
+                *path = PathBuf::from(label);
+            }
+            _ => {}
+        }
+        self
+    }
+
     /// Whether trying again later might succeed (timeouts, dropped connections, 5xx, 429).
     #[must_use]
     pub fn is_transient(&self) -> bool {
@@ -282,6 +306,30 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// `N bytes`, with a power-of-two unit in front when that reads better: `2 TiB (2199023255552 bytes)`.
+fn bytes_text(n: u64) -> String {
+    const UNITS: [(&str, u32); 5] = [
+        ("EiB", 60),
+        ("PiB", 50),
+        ("TiB", 40),
+        ("GiB", 30),
+        ("MiB", 20),
+    ];
+    for (unit, shift) in UNITS {
+        if n >= 1 << shift {
+            let whole = n >> shift;
+            let tenths = ((n & ((1 << shift) - 1)) * 10) >> shift;
+            let num = if tenths == 0 {
+                whole.to_string()
+            } else {
+                format!("{whole}.{tenths}")
+            };
+            return format!("{num} {unit} ({n} bytes)");
+        }
+    }
+    format!("{n} bytes")
 }
 
 fn io_err<'a>(
