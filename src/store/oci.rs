@@ -37,9 +37,6 @@ pub enum OciSource {
     Archive(PathBuf),
 }
 
-/// How many layers are fetched and converted at once.
-const LAYER_JOBS: usize = 3;
-
 /// Where one layer's compressed bytes come from.
 enum LayerFrom<'a> {
     Registry {
@@ -245,7 +242,7 @@ impl Store {
         let results: Mutex<Vec<Option<Result<Prepared, Error>>>> =
             Mutex::new((0..layers.len()).map(|_| None).collect());
         std::thread::scope(|s| {
-            for _ in 0..LAYER_JOBS.min(layers.len()) {
+            for _ in 0..self.opts.layer_jobs.clamp(1, layers.len().max(1)) {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(layer) = layers.get(i) else { break };
