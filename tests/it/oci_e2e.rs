@@ -27,7 +27,7 @@ impl Env {
     fn new() -> Self {
         let td = tempfile::tempdir().unwrap();
         let root = td.path().join("root");
-        Self { root, td }
+        Self { td, root }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -64,7 +64,7 @@ impl Env {
     fn temp_debris(&self) -> Vec<String> {
         crate::cli_support::names(&self.root.join("oci/temp"))
             .into_iter()
-            .filter(|n| !n.ends_with(".lock"))
+            .filter(|n| Path::new(n).extension().is_none_or(|e| e != "lock"))
             .collect()
     }
 
@@ -545,7 +545,7 @@ fn has_partial_download(dir: &Path) -> bool {
             let Ok(m) = e.metadata() else { continue };
             if m.is_dir() {
                 stack.push(e.path());
-            } else if m.len() > 0 && !e.file_name().to_string_lossy().ends_with(".lock") {
+            } else if m.len() > 0 && e.path().extension().is_none_or(|x| x != "lock") {
                 return true;
             }
         }
