@@ -219,8 +219,18 @@ impl Store {
     /// Boot files first, then the blob: a blob that exists always has its boot dir.
     fn publish_layer(&self, digest: &Digest, staged: &Staged, sums: Sums) -> Result<Sums, Error> {
         let b = self.layout.backend(Kind::Oci);
-        if !fsutil::names_in(&staged.boot)?.is_empty() {
-            fsutil::publish_dir_noclobber(&staged.boot, &b.boot_dir(digest))?;
+        let names = fsutil::names_in(&staged.boot)?;
+        if !names.is_empty() {
+            let dest = b.boot_dir(digest);
+            let published = fsutil::publish_dir_noclobber(&staged.boot, &dest)?;
+            if published == fsutil::Published::Existing && !same_files(&staged.boot, &dest, &names)?
+            {
+                // A boot dir left without its blob (we only stage when the blob is missing or
+                // damaged), e.g. half deleted by an interrupted gc. We hold the digest lock, so
+                // nobody else publishes it; keeping it would point the entry at missing files.
+                fsutil::remove_dir_all(&dest)?;
+                fsutil::publish_dir_noclobber(&staged.boot, &dest)?;
+            }
         }
         self.publish_blob(Kind::Oci, digest, &staged.blob, sums)
     }
@@ -302,6 +312,23 @@ impl Store {
         })?;
         Ok(())
     }
+}
+
+/// Whether `existing` holds exactly the files `names` of `staged`, with the same sizes.
+fn same_files(staged: &Path, existing: &Path, names: &[String]) -> Result<bool, Error> {
+    let mut found = fsutil::names_in(existing)?;
+    found.sort();
+    let mut wanted = names.to_vec();
+    wanted.sort();
+    if found != wanted {
+        return Ok(false);
+    }
+    for n in names {
+        if super::file_size(&staged.join(n))? != super::file_size(&existing.join(n))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The index entry for stored layers: kernel and initrd from the last layer providing each.

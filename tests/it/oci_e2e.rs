@@ -969,3 +969,59 @@ fn two_processes_pulling_one_image_share_the_work() {
     assert_eq!(env.temp_debris(), Vec::<String>::new());
     env.run(&["verify"]).ok();
 }
+
+/// A gc interrupted while removing an unreferenced layer can leave its boot dir half deleted
+/// (here: `vmlinuz` gone, `initrd.img` kept) without the blob. Pulling an image with that layer
+/// again used to publish the new blob beside the stale boot dir (the rename of the new boot dir
+/// found the old one and kept it), so the entry pointed at a kernel that was not there and
+/// `config` failed. The stale boot dir is now replaced under the digest lock.
+#[test]
+fn half_deleted_boot_dir_is_replaced_on_the_next_pull() {
+    let env = Env::new();
+    let reg = TestRegistry::start();
+    let built = push(&reg, &env.path("layout"), "test/boot", "v1", &sample());
+    let r = format!("{}/test/boot:v1", reg.host());
+    env.run(&["pull", &r]).ok();
+    env.run(&["rm", &r]).ok();
+    let boot_layer = built.layers[1].digest.hex();
+    let boot_dir = env.root.join("oci/boot").join(&boot_layer);
+    fs::remove_file(env.root.join(format!("oci/blobs/{boot_layer}.erofs"))).unwrap();
+    fs::remove_file(boot_dir.join("vmlinuz")).unwrap();
+
+    env.run(&["pull", &r]).ok();
+    let c = env.config(&r);
+    let kernel = c["boot"]["kernel_path"].as_str().unwrap();
+    let host = host_and_other_arch().0;
+    assert_eq!(
+        fs::read_to_string(kernel).unwrap(),
+        format!("fake kernel for {host}\n")
+    );
+    env.run(&["verify", &r]).ok();
+    assert_eq!(env.temp_debris(), Vec::<String>::new());
+}
+
+#[test]
+fn damaged_blob_is_stored_again_by_the_next_pull() {
+    let env = Env::new();
+    let reg = TestRegistry::start();
+    let built = push(&reg, &env.path("layout"), "test/damaged", "v1", &sample());
+    let r = format!("{}/test/damaged:v1", reg.host());
+    env.run(&["pull", &r]).ok();
+    let blob = env
+        .root
+        .join(format!("oci/blobs/{}.erofs", built.layers[0].digest.hex()));
+    let len = fs::metadata(&blob).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let out = env.run(&["config", &r]).fails();
+    assert!(out.stderr.contains("bytes, expected"), "{}", out.stderr);
+    let again = env.run(&["pull", &r]).ok();
+    assert!(!again.stdout.contains("already stored"), "{}", again.stdout);
+    assert_eq!(fs::metadata(&blob).unwrap().len(), len);
+    env.config(&r);
+    env.run(&["verify", "--sha256", &r]).ok();
+}
