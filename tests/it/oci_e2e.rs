@@ -1025,3 +1025,26 @@ fn damaged_blob_is_stored_again_by_the_next_pull() {
     env.config(&r);
     env.run(&["verify", "--sha256", &r]).ok();
 }
+
+#[test]
+fn gc_after_rm_reclaims_layers_and_boot_dirs_then_pull_restores() {
+    let env = Env::new();
+    let reg = TestRegistry::start();
+    let built = push(&reg, &env.path("layout"), "test/gc", "v1", &sample());
+    let r = format!("{}/test/gc:v1", reg.host());
+    env.run(&["pull", &r]).ok();
+    // Still referenced: nothing is collected.
+    env.run(&["gc", "--grace", "0"]).ok();
+    assert_eq!(env.blobs().len(), 3);
+    env.run(&["rm", &r]).ok();
+    env.run(&["gc", "--grace", "0"]).ok();
+    assert_eq!(env.blobs(), Vec::<String>::new());
+    assert_eq!(
+        crate::cli_support::names(&env.root.join("oci/boot")),
+        Vec::<String>::new()
+    );
+    env.run(&["pull", &r]).ok();
+    let c = env.config(&r);
+    assert_eq!(digest_of(&c["image_digest"]), built.manifest_digest);
+    env.run(&["verify", &r]).ok();
+}
