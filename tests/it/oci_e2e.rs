@@ -613,25 +613,7 @@ fn registry_stopped_mid_pull_fails_cleanly() {
     push_with_huge_layer(&reg, &env.path("layout"), "test/huge", 256);
     let r = format!("{}/test/huge:v1", reg.host());
     let before = env.state();
-    let mut child = Command::new(crate::cli_support::bin())
-        .arg("--root")
-        .arg(&env.root)
-        .args(["pull", &r])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let temp = env.root.join("oci/temp");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !has_partial_download(&temp) {
-        assert!(Instant::now() < deadline, "no download started");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "pull ended before the download started"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let child = pull_until_downloading(&env, &r);
     reg.stop();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1047,4 +1029,63 @@ fn gc_after_rm_reclaims_layers_and_boot_dirs_then_pull_restores() {
     let c = env.config(&r);
     assert_eq!(digest_of(&c["image_digest"]), built.manifest_digest);
     env.run(&["verify", &r]).ok();
+}
+
+#[test]
+fn token_auth_registry_refuses_wrong_credentials_and_accepts_right_ones() {
+    let env = Env::new();
+    let reg = TestRegistry::start_with_token_auth("bob", "t0ken");
+    let built = push(&reg, &env.path("layout"), "test/tok", "v1", &sample());
+    let r = format!("{}/test/tok:v1", reg.host());
+    let before = env.state();
+    let out = run_with_docker_config(&env, &reg.host(), "bob", "nope", &["pull", &r]).fails();
+    assert!(out.stderr.contains(&r), "{}", out.stderr);
+    assert!(out.stderr.contains("not authorized"), "{}", out.stderr);
+    env.assert_unchanged(&before);
+    run_with_docker_config(&env, &reg.host(), "bob", "t0ken", &["pull", &r]).ok();
+    assert_eq!(
+        digest_of(&env.config(&r)["image_digest"]),
+        built.manifest_digest
+    );
+}
+
+/// Start `imgstore pull r` and wait until its download has written bytes to oci/temp.
+fn pull_until_downloading(env: &Env, r: &str) -> std::process::Child {
+    let mut child = Command::new(crate::cli_support::bin())
+        .arg("--root")
+        .arg(&env.root)
+        .args(["pull", r])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let temp = env.root.join("oci/temp");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !has_partial_download(&temp) {
+        assert!(Instant::now() < deadline, "no download started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "pull ended before the download started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child
+}
+
+#[test]
+fn interrupted_pull_removes_its_temp_files() {
+    let env = Env::new();
+    let reg = TestRegistry::start();
+    push_with_huge_layer(&reg, &env.path("layout"), "test/int", 256);
+    let r = format!("{}/test/int:v1", reg.host());
+    let before = env.state();
+    let child = pull_until_downloading(&env, &r);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 2), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    env.assert_unchanged(&before);
 }
