@@ -536,7 +536,8 @@ fn wrong_credentials_fail_cleanly_and_right_ones_work() {
     );
 }
 
-/// A file (not a lock) anywhere under `dir` with some bytes in it.
+/// A file (not a lock) anywhere under `dir` with more than 1 MiB in it: only the huge layer
+/// gets there, so this is a download of it in flight.
 fn has_partial_download(dir: &Path) -> bool {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -545,7 +546,7 @@ fn has_partial_download(dir: &Path) -> bool {
             let Ok(m) = e.metadata() else { continue };
             if m.is_dir() {
                 stack.push(e.path());
-            } else if m.len() > 0 && e.path().extension().is_none_or(|x| x != "lock") {
+            } else if m.len() > 1 << 20 && e.path().extension().is_none_or(|x| x != "lock") {
                 return true;
             }
         }
