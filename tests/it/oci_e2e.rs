@@ -383,6 +383,14 @@ fn index_resolves_to_host_arch_and_foreign_manifest_is_refused() {
         format!("fake kernel for {host}\n")
     );
 
+    // Pinned by the index digest: the host's manifest of exactly that index.
+    let pinned = format!("{}/test/multi@{}", reg.host(), index.index_digest);
+    env.run(&["pull", &pinned]).ok();
+    assert_eq!(
+        digest_of(&env.config(&pinned)["image_digest"]),
+        mine.manifest_digest
+    );
+
     push(
         &reg,
         &env.path("foreign"),
@@ -1089,4 +1097,31 @@ fn interrupted_pull_removes_its_temp_files() {
     assert_eq!(out.status.code(), Some(128 + 2), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     env.assert_unchanged(&before);
+}
+
+/// Images may repeat a layer (empty layers are common): one blob, one disk per occurrence.
+#[test]
+fn repeated_layer_is_stored_once_and_listed_twice() {
+    let env = Env::new();
+    let reg = TestRegistry::start();
+    let empty = LayerBuilder::new().dir("tmp");
+    let image = ImageBuilder::new(host_and_other_arch().0)
+        .layer(empty.clone())
+        .layer(
+            LayerBuilder::new()
+                .file("boot/vmlinuz", "k\n")
+                .file("boot/initrd.img", "i\n"),
+        )
+        .layer(empty);
+    let built = push(&reg, &env.path("layout"), "test/repeat", "v1", &image);
+    assert_eq!(built.layers[0].digest, built.layers[2].digest);
+    let r = format!("{}/test/repeat:v1", reg.host());
+    env.run(&["pull", &r]).ok();
+    let c = env.config(&r);
+    let paths = storage_paths(&c);
+    assert_eq!(paths.len(), 3);
+    assert_eq!(paths[0], paths[2]);
+    assert_eq!(env.blobs().len(), 2);
+    env.run(&["verify", &r]).ok();
+    assert_eq!(env.temp_debris(), Vec::<String>::new());
 }
