@@ -1125,3 +1125,70 @@ fn repeated_layer_is_stored_once_and_listed_twice() {
     env.run(&["verify", &r]).ok();
     assert_eq!(env.temp_debris(), Vec::<String>::new());
 }
+
+/// Two images sharing their base and boot layers, pulled at once by two processes: the shared
+/// layers are converted once (digest locks), both entries are complete.
+#[test]
+fn two_processes_pulling_images_that_share_layers() {
+    let env = Env::new();
+    let reg = TestRegistry::start();
+    let a = push(
+        &reg,
+        &env.path("a"),
+        "test/a",
+        "v1",
+        &sample_with_big_layer(2),
+    );
+    let b = push(
+        &reg,
+        &env.path("b"),
+        "test/b",
+        "v1",
+        &sample().layer(LayerBuilder::new().file("etc/b", "b\n")),
+    );
+    let (ra, rb) = (
+        format!("{}/test/a:v1", reg.host()),
+        format!("{}/test/b:v1", reg.host()),
+    );
+    let spawn = |r: &str| {
+        Command::new(crate::cli_support::bin())
+            .arg("--root")
+            .arg(&env.root)
+            .args(["pull", r])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn(&ra), spawn(&rb)];
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut expect: Vec<String> = a
+        .layers
+        .iter()
+        .chain(&b.layers)
+        .map(|l| format!("{}.erofs", l.digest.hex()))
+        .collect();
+    expect.sort();
+    expect.dedup();
+    assert_eq!(expect.len(), 5);
+    assert_eq!(env.blobs(), expect);
+    assert_eq!(
+        digest_of(&env.config(&ra)["image_digest"]),
+        a.manifest_digest
+    );
+    assert_eq!(
+        digest_of(&env.config(&rb)["image_digest"]),
+        b.manifest_digest
+    );
+    assert_eq!(env.list().len(), 2);
+    assert_eq!(env.temp_debris(), Vec::<String>::new());
+    env.run(&["verify"]).ok();
+}
