@@ -423,13 +423,15 @@ fn sweep_batch(
                 return Ok(());
             }
             if !opts.dry_run {
-                // Boot files first: a crash in between leaves an orphan blob, which the next
-                // run collects, never a blob whose boot files vanished while referenced.
-                if let Some(boot) = &f.boot {
-                    fsutil::remove_dir_all(boot)?;
-                }
+                // Blob first: a crash in between leaves an orphan boot dir, which the next run
+                // collects and a new ingest of the layer replaces. The other order could leave
+                // a blob without its boot files, which an ingest would reuse as a layer without
+                // a kernel (ingest relies on "a blob that exists has its boot dir").
                 if let Some(blob) = &f.blob {
                     fsutil::remove_file(blob)?;
+                }
+                if let Some(boot) = &f.boot {
+                    fsutil::remove_dir_all(boot)?;
                 }
             }
             report.lock().blobs.push(Collected {

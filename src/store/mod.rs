@@ -154,6 +154,8 @@ pub struct StoreOptions {
     pub registry: crate::backend::oci::registry::ClientOptions,
     /// Firmware for cloud image boots; default `<root>/firmware/CLOUDHV.fd`.
     pub firmware: Option<PathBuf>,
+    /// How many layers of one oci image are fetched and converted at once (at least 1).
+    pub layer_jobs: usize,
 }
 
 impl Default for StoreOptions {
@@ -165,6 +167,7 @@ impl Default for StoreOptions {
             cloud_limits: crate::backend::cloudimg::Limits::default(),
             registry: crate::backend::oci::registry::ClientOptions::default(),
             firmware: None,
+            layer_jobs: 3,
         }
     }
 }

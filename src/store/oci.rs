@@ -3,8 +3,10 @@
 //!
 //! Order of work: resolve the manifest (no locks) → take the digest locks of all layers, sorted
 //! (so two pulls sharing layers wait for each other instead of deadlocking) → fetch and convert
-//! missing layers concurrently, publishing each layer's boot dir before its blob (a blob that
-//! exists is always complete) → commit the index entry under a short exclusive lock → release.
+//! missing layers concurrently into held temp dirs → check the image has a kernel and an initrd
+//! → publish each new layer's boot dir before its blob (a blob that exists is always complete)
+//! → commit the index entry under a short exclusive lock → release. Nothing is published until
+//! every layer is ready, so a failed pull or import leaves no blob behind.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -35,9 +37,6 @@ pub enum OciSource {
     Archive(PathBuf),
 }
 
-/// How many layers are fetched and converted at once.
-const LAYER_JOBS: usize = 3;
-
 /// Where one layer's compressed bytes come from.
 enum LayerFrom<'a> {
     Registry {
@@ -60,6 +59,19 @@ struct Stored {
     sums: Sums,
     kernel: Option<Sums>,
     initrd: Option<Sums>,
+}
+
+/// A layer ready to publish: already in the store, or converted into a held temp dir.
+struct Prepared {
+    stored: Stored,
+    staged: Option<Staged>,
+}
+
+/// A converted layer waiting in its temp dir (dropping it removes everything).
+struct Staged {
+    _work: TempDir,
+    blob: PathBuf,
+    boot: PathBuf,
 }
 
 impl Store {
@@ -184,7 +196,15 @@ impl Store {
         for d in &unique {
             guards.push(self.lock_digest(Kind::Oci, d)?);
         }
-        let stored = self.store_layers(key, layers)?;
+        let prepared = self.store_layers(key, layers)?;
+        let mut stored: Vec<Stored> = prepared.iter().map(|p| p.stored).collect();
+        // Refuse an image without boot files before anything of it reaches blobs/.
+        oci_entry(key, id, layers, &stored)?;
+        for ((layer, p), s) in layers.iter().zip(prepared).zip(&mut stored) {
+            if let Some(staged) = p.staged {
+                s.sums = self.publish_layer(&layer.digest, &staged, s.sums)?;
+            }
+        }
         let entry = oci_entry(key, id, layers, &stored)?;
         self.commit_oci(key, &entry)?;
         drop(guards);
@@ -196,9 +216,28 @@ impl Store {
         })
     }
 
-    /// Fetch (if needed), convert and publish every layer, a few at a time. The caller holds
-    /// every layer's digest lock.
-    fn store_layers(&self, key: &str, layers: &[Layer<'_>]) -> Result<Vec<Stored>, Error> {
+    /// Boot files first, then the blob: a blob that exists always has its boot dir.
+    fn publish_layer(&self, digest: &Digest, staged: &Staged, sums: Sums) -> Result<Sums, Error> {
+        let b = self.layout.backend(Kind::Oci);
+        let names = fsutil::names_in(&staged.boot)?;
+        if !names.is_empty() {
+            let dest = b.boot_dir(digest);
+            let published = fsutil::publish_dir_noclobber(&staged.boot, &dest)?;
+            if published == fsutil::Published::Existing && !same_files(&staged.boot, &dest, &names)?
+            {
+                // A boot dir left without its blob (we only stage when the blob is missing or
+                // damaged), e.g. half deleted by an interrupted gc. We hold the digest lock, so
+                // nobody else publishes it; keeping it would point the entry at missing files.
+                fsutil::remove_dir_all(&dest)?;
+                fsutil::publish_dir_noclobber(&staged.boot, &dest)?;
+            }
+        }
+        self.publish_blob(Kind::Oci, digest, &staged.blob, sums)
+    }
+
+    /// Fetch (if needed) and convert every layer, a few at a time, without publishing any. The
+    /// caller holds every layer's digest lock.
+    fn store_layers(&self, key: &str, layers: &[Layer<'_>]) -> Result<Vec<Prepared>, Error> {
         let recorded = self.recorded_layer_sums()?;
         let total: u64 = layers
             .iter()
@@ -210,10 +249,10 @@ impl Store {
         let done = AtomicU64::new(0);
         let label = format!("pulling {key}");
         let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<Option<Result<Stored, Error>>>> =
+        let results: Mutex<Vec<Option<Result<Prepared, Error>>>> =
             Mutex::new((0..layers.len()).map(|_| None).collect());
         std::thread::scope(|s| {
-            for _ in 0..LAYER_JOBS.min(layers.len()) {
+            for _ in 0..self.opts.layer_jobs.clamp(1, layers.len().max(1)) {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(layer) = layers.get(i) else { break };
@@ -233,7 +272,7 @@ impl Store {
         let mut stored = Vec::with_capacity(layers.len());
         for r in results.into_inner() {
             match r {
-                Some(Ok(s)) => stored.push(s),
+                Some(Ok(p)) => stored.push(p),
                 Some(Err(e)) => return Err(e),
                 None => return Err(Error::Other("a layer was not processed".into())),
             }
@@ -273,6 +312,23 @@ impl Store {
         })?;
         Ok(())
     }
+}
+
+/// Whether `existing` holds exactly the files `names` of `staged`, with the same sizes.
+fn same_files(staged: &Path, existing: &Path, names: &[String]) -> Result<bool, Error> {
+    let mut found = fsutil::names_in(existing)?;
+    found.sort();
+    let mut wanted = names.to_vec();
+    wanted.sort();
+    if found != wanted {
+        return Ok(false);
+    }
+    for n in names {
+        if super::file_size(&staged.join(n))? != super::file_size(&existing.join(n))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The index entry for stored layers: kernel and initrd from the last layer providing each.
@@ -338,55 +394,8 @@ impl Store {
         layer: &Layer<'_>,
         recorded: &std::collections::HashMap<Digest, Sums>,
         progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<Stored, Error> {
+    ) -> Result<Prepared, Error> {
         let b = self.layout.backend(Kind::Oci);
-        let sums = if let Some(s) = self.usable_blob(
-            Kind::Oci,
-            &layer.digest,
-            recorded.get(&layer.digest).copied(),
-        )? {
-            s
-        } else {
-            // Everything for this layer happens in one held temp dir: GC leaves it alone while
-            // we live, and dropping it cleans up whatever was not published.
-            let work = TempDir::create_in(&b.temp_dir(), "layer")?;
-            let fetched;
-            let src: &Path = match &layer.from {
-                LayerFrom::File(p) => p,
-                LayerFrom::Registry {
-                    client,
-                    host,
-                    repository,
-                    desc,
-                } => {
-                    let last = AtomicU64::new(0);
-                    fetched = client.fetch_blob(
-                        host,
-                        repository,
-                        desc,
-                        || {
-                            last.store(0, Ordering::Relaxed);
-                            TempFile::create_in(work.path(), "blob")
-                                .map_err(|e| std::io::Error::other(e.to_string()))
-                        },
-                        |n| {
-                            let prev = last.swap(n, Ordering::Relaxed);
-                            progress(n.saturating_sub(prev));
-                        },
-                    )?;
-                    fetched.path()
-                }
-            };
-            let out = work.path().join("layer.erofs");
-            let boot = work.path().join("boot");
-            erofs::convert_layer(src, &layer.digest, work.path(), &out, &boot)?;
-            if !fsutil::names_in(&boot)?.is_empty() {
-                // Boot files before the blob: a blob that exists always has its boot dir.
-                fsutil::publish_dir_noclobber(&boot, &b.boot_dir(&layer.digest))?;
-            }
-            let sums = verify::sums_of_file(&out)?;
-            self.publish_blob(Kind::Oci, &layer.digest, &out, sums)?
-        };
         let file_sums = |p: PathBuf| -> Result<Option<Sums>, Error> {
             if p.exists() {
                 Ok(Some(verify::sums_of_file(&p)?))
@@ -394,10 +403,72 @@ impl Store {
                 Ok(None)
             }
         };
-        Ok(Stored {
-            sums,
-            kernel: file_sums(b.kernel_path(&layer.digest))?,
-            initrd: file_sums(b.initrd_path(&layer.digest))?,
+        if let Some(sums) = self.usable_blob(
+            Kind::Oci,
+            &layer.digest,
+            recorded.get(&layer.digest).copied(),
+        )? {
+            return Ok(Prepared {
+                stored: Stored {
+                    sums,
+                    kernel: file_sums(b.kernel_path(&layer.digest))?,
+                    initrd: file_sums(b.initrd_path(&layer.digest))?,
+                },
+                staged: None,
+            });
+        }
+        // Everything for this layer happens in one held temp dir: GC leaves it alone while we
+        // live, and dropping it cleans up whatever was not published.
+        let work = TempDir::create_in(&b.temp_dir(), "layer")?;
+        let fetched;
+        let src: &Path = match &layer.from {
+            LayerFrom::File(p) => p,
+            LayerFrom::Registry {
+                client,
+                host,
+                repository,
+                desc,
+            } => {
+                let last = AtomicU64::new(0);
+                fetched = client.fetch_blob(
+                    host,
+                    repository,
+                    desc,
+                    || {
+                        last.store(0, Ordering::Relaxed);
+                        TempFile::create_in(work.path(), "blob")
+                            .map_err(|e| std::io::Error::other(e.to_string()))
+                    },
+                    |n| {
+                        let prev = last.swap(n, Ordering::Relaxed);
+                        progress(n.saturating_sub(prev));
+                    },
+                )?;
+                fetched.path()
+            }
+        };
+        let blob = work.path().join("layer.erofs");
+        let boot = work.path().join("boot");
+        erofs::convert_layer(src, &layer.digest, work.path(), &blob, &boot)?;
+        // The boot dir is named like the published one: the same file names inside.
+        let in_boot = |published: PathBuf| {
+            published
+                .file_name()
+                .map(|n| boot.join(n))
+                .unwrap_or_default()
+        };
+        let stored = Stored {
+            sums: verify::sums_of_file(&blob)?,
+            kernel: file_sums(in_boot(b.kernel_path(&layer.digest)))?,
+            initrd: file_sums(in_boot(b.initrd_path(&layer.digest)))?,
+        };
+        Ok(Prepared {
+            stored,
+            staged: Some(Staged {
+                _work: work,
+                blob,
+                boot,
+            }),
         })
     }
 }

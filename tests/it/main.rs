@@ -11,6 +11,7 @@ mod index;
 mod ingest;
 mod lock;
 mod lookup;
+mod oci_e2e;
 mod oci_image;
 mod reference;
 mod registry;
