@@ -205,12 +205,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 print_json(&rows)?;
             } else {
                 for o in rows {
-                    println!(
-                        "{} {} {}",
-                        o.name,
-                        o.id,
-                        if o.reused { "(already stored)" } else { "" }
-                    );
+                    print_outcome(&o);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -229,7 +224,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             if json {
                 print_json(&out)?;
             } else {
-                println!("{} {}", out.name, out.id);
+                print_outcome(&out);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -470,6 +465,11 @@ fn cmd_ref(refs: &[String], json: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn print_outcome(o: &imgstore::store::PullOutcome) {
+    let note = if o.reused { " (already stored)" } else { "" };
+    println!("{} {} {}{note}", o.kind, o.name, o.id);
 }
 
 fn short_id(d: &str) -> String {
