@@ -472,38 +472,26 @@ impl Store {
         names.sort();
         let first = names[0].clone();
         let b = self.layout.backend(kind);
-        match kind {
+        let (id, size, created_at, blobs) = match kind {
             Kind::Oci => {
                 let e = snap.oci.get(&first).expect("resolved keys exist");
-                ImageInfo {
-                    id: e.id(),
-                    name: first,
-                    names,
-                    kind,
-                    size: e.size,
-                    created_at: e.created_at.clone(),
-                    blobs: oci_blobs(&b, e),
-                }
+                (e.id(), e.size, e.created_at.clone(), oci_blobs(&b, e))
             }
             Kind::CloudImg => {
                 let e = snap.cloud.get(&first).expect("resolved keys exist");
-                ImageInfo {
-                    id: e.id(),
-                    name: first,
-                    names,
-                    kind,
-                    size: e.size,
-                    created_at: e.created_at.clone(),
-                    blobs: vec![BlobInfo {
-                        path: b.blob_path(&e.content_sum),
-                        role: "layer",
-                        key: e.content_sum,
-                        size: e.blob.map(|s| s.size),
-                        sha256: e.blob.map(|s| s.sha256),
-                        blake3: e.blob.map(|s| s.blake3),
-                    }],
-                }
+                let blob =
+                    BlobInfo::new(b.blob_path(&e.content_sum), "layer", e.content_sum, e.blob);
+                (e.id(), e.size, e.created_at.clone(), vec![blob])
             }
+        };
+        ImageInfo {
+            id,
+            name: first,
+            names,
+            kind,
+            size,
+            created_at,
+            blobs,
         }
     }
 
@@ -814,32 +802,34 @@ fn oci_blobs(b: &BackendLayout, e: &OciEntry) -> Vec<BlobInfo> {
     let mut blobs: Vec<BlobInfo> = e
         .layers
         .iter()
-        .map(|l| BlobInfo {
-            path: b.blob_path(&l.digest),
-            role: "layer",
-            key: l.digest,
-            size: l.blob.map(|s| s.size),
-            sha256: l.blob.map(|s| s.sha256),
-            blake3: l.blob.map(|s| s.blake3),
-        })
+        .map(|l| BlobInfo::new(b.blob_path(&l.digest), "layer", l.digest, l.blob))
         .collect();
-    blobs.push(BlobInfo {
-        path: b.kernel_path(&e.kernel_layer),
-        role: "kernel",
-        key: e.kernel_layer,
-        size: e.kernel.map(|s| s.size),
-        sha256: e.kernel.map(|s| s.sha256),
-        blake3: e.kernel.map(|s| s.blake3),
-    });
-    blobs.push(BlobInfo {
-        path: b.initrd_path(&e.initrd_layer),
-        role: "initrd",
-        key: e.initrd_layer,
-        size: e.initrd.map(|s| s.size),
-        sha256: e.initrd.map(|s| s.sha256),
-        blake3: e.initrd.map(|s| s.blake3),
-    });
+    blobs.push(BlobInfo::new(
+        b.kernel_path(&e.kernel_layer),
+        "kernel",
+        e.kernel_layer,
+        e.kernel,
+    ));
+    blobs.push(BlobInfo::new(
+        b.initrd_path(&e.initrd_layer),
+        "initrd",
+        e.initrd_layer,
+        e.initrd,
+    ));
     blobs
+}
+
+impl BlobInfo {
+    fn new(path: PathBuf, role: &'static str, key: Digest, sums: Option<Sums>) -> Self {
+        Self {
+            path,
+            role,
+            key,
+            size: sums.map(|s| s.size),
+            sha256: sums.map(|s| s.sha256),
+            blake3: sums.map(|s| s.blake3),
+        }
+    }
 }
 
 /// Every file exists with its recorded size (or, for legacy entries, exists and is not empty).
