@@ -15,6 +15,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -68,6 +69,18 @@ pub enum Error {
     Fs(#[from] fsutil::Error),
 }
 
+/// A callback run by [`collect`] at a fixed step; tests use it to change the store at that
+/// moment (deterministic races).
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
 /// Options of one collection.
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -79,6 +92,9 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// How long to wait for the index locks while marking.
     pub lock_wait: LockWait,
+    /// Test seam: run after the mark and before the sweep.
+    #[doc(hidden)]
+    pub after_mark: Option<Hook>,
 }
 
 impl Default for GcOptions {
@@ -88,6 +104,7 @@ impl Default for GcOptions {
             temp_grace: Duration::from_secs(3600),
             dry_run: false,
             lock_wait: LockWait::timeout(Duration::from_secs(60)),
+            after_mark: None,
         }
     }
 }
@@ -163,6 +180,13 @@ struct Found {
     boot: Option<PathBuf>,
 }
 
+impl Found {
+    /// The path reports show for it: the blob, else the boot dir.
+    fn path(&self) -> PathBuf {
+        self.blob.clone().or_else(|| self.boot.clone()).unwrap_or_default()
+    }
+}
+
 /// How many candidates are locked and re-checked against a fresh index read at once.
 const BATCH: usize = 2048;
 
@@ -199,6 +223,9 @@ pub fn collect(
         })?;
         live.extend(digests.into_iter().map(|d| d.first32()));
     }
+    if let Some(hook) = &opts.after_mark {
+        (hook.0)();
+    }
 
     // Candidates: unreferenced, old enough.
     let candidates: Vec<Found> = found
@@ -214,11 +241,7 @@ pub fn collect(
             let (newest, bytes) = age_and_size(&f);
             if newest > grace_cut {
                 report.lock().skipped.push(Skipped {
-                    path: f
-                        .blob
-                        .clone()
-                        .or_else(|| f.boot.clone())
-                        .unwrap_or_default(),
+                    path: f.path(),
                     reason: SkipReason::TooNew,
                 });
                 return None;
@@ -228,9 +251,33 @@ pub fn collect(
         .collect();
 
     // Sweep, a batch at a time: take digest locks (never wait), re-read the indexes, delete.
-    for batch in candidates.chunks(BATCH) {
-        sweep_batch(layout, opts, batch, &report)?;
+    if !opts.dry_run {
+        for kind in Kind::ALL {
+            if candidates.iter().any(|(f, _)| f.kind == kind) {
+                fsutil::create_dir_all(&layout.backend(kind).temp_dir())?;
+            }
+        }
     }
+    let mut swept = Ok(());
+    for batch in candidates.chunks(BATCH) {
+        swept = sweep_batch(layout, opts, batch, &report);
+        if swept.is_err() {
+            break;
+        }
+    }
+    // One fsync per directory for the whole run, also after a failed batch: a deletion that is
+    // lost in a crash only brings back an orphan, which the next run collects, so durability is
+    // owed to the report, not to safety.
+    if !opts.dry_run && !report.lock().blobs.is_empty() {
+        for b in &backends {
+            for dir in [b.blobs_dir(), b.boot_root()] {
+                if dir.exists() {
+                    fsutil::fsync_dir(&dir)?;
+                }
+            }
+        }
+    }
+    swept?;
 
     // Temp debris, also in runs where no blob is collectable.
     let temp_cut = now
@@ -371,62 +418,46 @@ fn sweep_batch(
     let locked: Vec<(&Found, u64, Option<lock::LockGuard>)> = batch
         .par_iter()
         .filter_map(|(f, bytes)| {
-            let b = layout.backend(f.kind);
-            let lock_path = b.digest_lock_path(&f.digest);
+            let lock_path = layout.backend(f.kind).digest_lock_path(&f.digest);
             let guard = if opts.dry_run {
-                if fsutil::is_held(&lock_path) {
-                    None
-                } else {
-                    return Some((f, *bytes, None));
-                }
+                (!fsutil::is_held(&lock_path)).then_some(None)
             } else {
-                if let Err(e) = fsutil::create_dir_all(&b.temp_dir()) {
-                    tracing::warn!("{e}");
-                }
-                lock::lock_deletable(&lock_path, LockWait::no_wait(), &|_| {}).ok()
+                lock::lock_deletable(&lock_path, LockWait::no_wait(), &|_| {})
+                    .ok()
+                    .map(Some)
             };
-            if let Some(g) = guard {
-                Some((f, *bytes, Some(g)))
-            } else {
+            if guard.is_none() {
                 report.lock().skipped.push(Skipped {
-                    path: f
-                        .blob
-                        .clone()
-                        .or_else(|| f.boot.clone())
-                        .unwrap_or_default(),
+                    path: f.path(),
                     reason: SkipReason::Busy,
                 });
-                None
             }
+            guard.map(|g| (f, *bytes, g))
         })
         .collect();
     if locked.is_empty() {
         return Ok(());
     }
 
-    // Re-check under the locks: an ingest that committed since the mark shows up here.
+    // Re-check under the locks: an ingest that committed since the mark shows up here, and one
+    // that has not cannot commit before we release.
     let live = mark(layout, opts)?;
 
-    let results: Vec<Result<(), Error>> = locked
+    locked
         .into_par_iter()
-        .map(|(f, bytes, guard)| {
-            let path = f
-                .blob
-                .clone()
-                .or_else(|| f.boot.clone())
-                .unwrap_or_default();
+        .try_for_each(|(f, bytes, guard)| {
             if live.contains(&f.digest.first32()) {
                 report.lock().skipped.push(Skipped {
-                    path,
+                    path: f.path(),
                     reason: SkipReason::Referenced,
                 });
                 return Ok(());
             }
             if !opts.dry_run {
                 // Boot files first: a crash in between leaves an orphan blob, which the next
-                // run collects, never a blob whose boot files vanished while referenced.
+                // run collects.
                 if let Some(boot) = &f.boot {
-                    fsutil::remove_dir_all(boot)?;
+                    remove_boot_dir(&layout.backend(f.kind), boot)?;
                 }
                 if let Some(blob) = &f.blob {
                     fsutil::remove_file(blob)?;
@@ -437,6 +468,8 @@ fn sweep_batch(
                 digest: f.digest,
                 bytes,
             });
+            // Deleting the lock file while holding it is part of the lock-then-check protocol:
+            // a waiter wakes on the orphan, sees the path changed, and retries.
             if let Some(g) = guard {
                 if let Err(e) = g.remove_locked_file() {
                     tracing::warn!("removing digest lock: {e}");
@@ -444,18 +477,36 @@ fn sweep_batch(
             }
             Ok(())
         })
-        .collect();
-    if !opts.dry_run {
-        for kind in Kind::ALL {
-            let b = layout.backend(kind);
-            for dir in [b.blobs_dir(), b.boot_root()] {
-                if dir.exists() {
-                    fsutil::fsync_dir(&dir)?;
-                }
+}
+
+/// Suffix of a boot dir being deleted, moved into `temp/` first.
+const TRASH_SUFFIX: &str = "gc-trash";
+
+/// Remove a boot dir as one step: it is renamed into `temp/` (atomic), then deleted there. A
+/// crash part-way through `remove_dir_all` in place would leave a boot dir missing some files,
+/// which an ingest of that layer would then find "already published" and reuse.
+fn remove_boot_dir(b: &BackendLayout, boot: &Path) -> Result<(), Error> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = boot.file_name().map_or_else(
+        || "boot".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let trash = b
+        .temp_dir()
+        .join(format!("{name}.{}.{n}.{TRASH_SUFFIX}", std::process::id()));
+    match fsutil::rename_noclobber(boot, &trash) {
+        Ok(true) => {
+            // The boot dir is gone from boot/ already; leftovers in temp/ are the next run's.
+            if let Err(e) = fsutil::remove_dir_all(&trash) {
+                tracing::warn!("{e}");
             }
+            Ok(())
         }
+        Ok(false) => Ok(()),
+        // Not on one filesystem (or no renameat2): delete in place.
+        Err(_) => fsutil::remove_dir_all(boot).map(drop).map_err(Error::from),
     }
-    results.into_iter().collect()
 }
 
 fn sweep_temp(
@@ -465,51 +516,63 @@ fn sweep_temp(
     report: &Mutex<GcReport>,
 ) -> Result<(), Error> {
     let entries = list_dir(&b.temp_dir())?;
-    entries.par_iter().try_for_each(|entry| {
-        let path = entry.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            return Ok(());
-        };
-        if meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) > cut {
-            return Ok(());
-        }
-        let is_lock = path.extension().is_some_and(|e| e == "lock");
-        let skip = |reason| {
-            report.lock().skipped.push(Skipped {
-                path: path.clone(),
-                reason,
-            });
-        };
-        if is_lock {
-            // A digest lock nobody holds: take it (never wait) and delete it while held.
-            if opts.dry_run {
-                if fsutil::is_held(&path) {
-                    skip(SkipReason::InUse);
-                    return Ok(());
-                }
-            } else {
-                let Ok(g) = lock::lock_deletable(&path, LockWait::no_wait(), &|_| {}) else {
-                    skip(SkipReason::InUse);
-                    return Ok(());
-                };
-                if let Err(e) = g.remove_locked_file() {
-                    tracing::warn!("removing stale lock {}: {e}", path.display());
-                    return Ok(());
-                }
-            }
-        } else {
-            if fsutil::is_held(&path) {
-                skip(SkipReason::InUse);
-                return Ok(());
-            }
-            if !opts.dry_run {
-                fsutil::remove_any(&path)?;
-            }
-        }
+    let skip = |path: PathBuf, reason| {
+        report.lock().skipped.push(Skipped { path, reason });
+    };
+    let removed = |path: PathBuf, meta: &fs::Metadata| {
         report.lock().temp.push(TempRemoved {
             path,
             bytes: if meta.is_file() { meta.len() } else { 0 },
         });
+    };
+    let (locks, others): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .map(|e| e.path())
+        .partition(|p| p.extension().is_some_and(|e| e == "lock"));
+
+    // Lock files: a deletable lock nobody holds is debris at any age (taking it proves no
+    // ingest uses it, and the lock-then-check protocol lets its holder delete it).
+    // Sequential: the sweep may hold one and the same inode under several names.
+    for path in locks {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if opts.dry_run {
+            if fsutil::is_held(&path) {
+                skip(path, SkipReason::InUse);
+                continue;
+            }
+        } else {
+            let Ok(g) = lock::lock_deletable(&path, LockWait::no_wait(), &|_| {}) else {
+                skip(path, SkipReason::InUse);
+                continue;
+            };
+            if let Err(e) = g.remove_locked_file() {
+                tracing::warn!("removing stale lock {}: {e}", path.display());
+                continue;
+            }
+        }
+        removed(path, &meta);
+    }
+
+    others.into_par_iter().try_for_each(|path| {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            return Ok(());
+        };
+        // A boot dir a crashed collection moved here is debris at any age; everything else
+        // gets the grace period.
+        let trash = path.extension().is_some_and(|e| e == TRASH_SUFFIX);
+        if !trash && meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) > cut {
+            return Ok(());
+        }
+        if fsutil::is_held(&path) {
+            skip(path, SkipReason::InUse);
+            return Ok(());
+        }
+        if !opts.dry_run {
+            fsutil::remove_any(&path)?;
+        }
+        removed(path, &meta);
         Ok(())
     })
 }

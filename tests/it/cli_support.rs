@@ -95,9 +95,13 @@ pub fn run_stdin(root: &Path, args: &[&str], stdin: &[u8]) -> Run {
     finish(&out)
 }
 
-/// The shared fixtures directory (`../shared/fixtures/cocoon-v0.3.7`).
+/// The shared fixtures directory (`../shared/fixtures/cocoon-v0.3.7`); `IMGSTORE_FIXTURES`
+/// overrides it (a checkout elsewhere, e.g. a worktree).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/cocoon-v0.3.7")
+    std::env::var_os("IMGSTORE_FIXTURES").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/cocoon-v0.3.7"),
+        PathBuf::from,
+    )
 }
 
 /// Every file under `dir` with a digest of its bytes, sorted: a snapshot to compare
