@@ -5,6 +5,7 @@ mod cli_support;
 mod cloudimg;
 mod erofs;
 mod fuzz_seeds;
+mod gc;
 mod http_server;
 mod index;
 mod ingest;
