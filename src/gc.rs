@@ -10,6 +10,12 @@
 //! - before deleting, the sweep holds the blob's digest lock (an ingest holds it from "check
 //!   cache" to "commit"), then re-reads every index: an ingest that committed after the mark is
 //!   seen there, and one that has not committed cannot start its commit while the lock is held;
+//! - a digest lock file that does not exist is taken by hard-linking `temp/<hex>.lock` to a
+//!   lock file this run already holds (one per batch): anyone who opens that path locks the
+//!   held inode and waits or fails, exactly as with a lock file of its own, and the name is
+//!   removed before the batch lock is released. A crash leaves unlocked multi-name lock files;
+//!   [`crate::lock::lock_deletable`] drops such a name instead of sharing it, and the next run
+//!   sweeps them;
 //! - temp entries in use are held under `flock` by their owner and are skipped.
 
 use std::collections::HashSet;
@@ -67,6 +73,15 @@ pub enum Error {
     /// A filesystem change failed.
     #[error(transparent)]
     Fs(#[from] fsutil::Error),
+    /// A lock file could not be taken or removed.
+    #[error("digest lock for {}: {source}", path.display())]
+    Lock {
+        /// The blob (or lock file) concerned.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: lock::Error,
+    },
 }
 
 /// A callback run by [`collect`] at a fixed step; tests use it to change the store at that
@@ -183,7 +198,10 @@ struct Found {
 impl Found {
     /// The path reports show for it: the blob, else the boot dir.
     fn path(&self) -> PathBuf {
-        self.blob.clone().or_else(|| self.boot.clone()).unwrap_or_default()
+        self.blob
+            .clone()
+            .or_else(|| self.boot.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -250,6 +268,16 @@ pub fn collect(
         })
         .collect();
 
+    // Temp debris, also in runs where no blob is collectable; first, so that stale lock files
+    // (which a crashed run may have left as several names of one inode) are gone before the
+    // sweep needs those names.
+    let temp_cut = now
+        .checked_sub(opts.temp_grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    backends
+        .par_iter()
+        .try_for_each(|b| sweep_temp(b, opts, temp_cut, &report))?;
+
     // Sweep, a batch at a time: take digest locks (never wait), re-read the indexes, delete.
     if !opts.dry_run {
         for kind in Kind::ALL {
@@ -278,14 +306,6 @@ pub fn collect(
         }
     }
     swept?;
-
-    // Temp debris, also in runs where no blob is collectable.
-    let temp_cut = now
-        .checked_sub(opts.temp_grace)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    backends
-        .par_iter()
-        .try_for_each(|b| sweep_temp(b, opts, temp_cut, &report))?;
 
     let mut report = report.into_inner();
     report.blobs.sort();
@@ -408,75 +428,155 @@ fn age_and_size(f: &Found) -> (SystemTime, u64) {
     (newest, bytes)
 }
 
+/// How the sweep holds one candidate's digest lock.
+enum Held {
+    /// Dry run: nobody held it when looked at; nothing is locked.
+    Unlocked,
+    /// `temp/<hex>.lock` was absent and is now a name of the batch lock inode, which this
+    /// collection holds: anyone opening that path locks the batch lock and waits.
+    Linked(PathBuf),
+    /// The lock file existed (stale, or an ingest just released it): locked on its own.
+    Own(lock::LockGuard),
+}
+
+/// The lock inode of one batch in one backend: every candidate without a lock file gets a
+/// hard link to it, which makes one `link(2)` (and one `unlink(2)`) do what creating, locking,
+/// checking and deleting a lock file per candidate would.
+fn batch_lock(b: &BackendLayout) -> Result<lock::LockGuard, Error> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = b
+        .temp_dir()
+        .join(format!("gc.{}.{n}.lock", std::process::id()));
+    lock::lock_deletable(&path, LockWait::no_wait(), &|_| {})
+        .map_err(|source| Error::Lock { path, source })
+}
+
 fn sweep_batch(
     layout: &Layout,
     opts: &GcOptions,
     batch: &[(Found, u64)],
     report: &Mutex<GcReport>,
 ) -> Result<(), Error> {
-    // Take the digest locks; busy means an ingest of that digest is in flight.
-    let locked: Vec<(&Found, u64, Option<lock::LockGuard>)> = batch
+    let backends: Vec<BackendLayout> = Kind::ALL.iter().map(|k| layout.backend(*k)).collect();
+    let backend = |kind: Kind| {
+        backends
+            .iter()
+            .find(|b| b.kind() == kind)
+            .expect("every kind has a layout")
+    };
+    let mut batch_locks = Vec::new();
+    if !opts.dry_run {
+        for b in &backends {
+            if batch.iter().any(|(f, _)| f.kind == b.kind()) {
+                batch_locks.push((b.kind(), batch_lock(b)?));
+            }
+        }
+    }
+    let batch_lock_of = |kind: Kind| {
+        batch_locks
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, g)| g.path())
+    };
+
+    // Take the digest locks, never waiting; busy means an ingest of that digest is in flight.
+    let locked: Vec<(&Found, u64, Held)> = batch
         .par_iter()
         .filter_map(|(f, bytes)| {
-            let lock_path = layout.backend(f.kind).digest_lock_path(&f.digest);
-            let guard = if opts.dry_run {
-                (!fsutil::is_held(&lock_path)).then_some(None)
-            } else {
-                lock::lock_deletable(&lock_path, LockWait::no_wait(), &|_| {})
-                    .ok()
-                    .map(Some)
+            let lock_path = backend(f.kind).digest_lock_path(&f.digest);
+            let held = match batch_lock_of(f.kind) {
+                None => (!fsutil::is_held(&lock_path)).then_some(Held::Unlocked),
+                Some(shared) => match fsutil::link_noclobber(shared, &lock_path) {
+                    Ok(true) => Some(Held::Linked(lock_path)),
+                    // Exists (or cannot be linked): the plain protocol on that file.
+                    Ok(false) | Err(_) => {
+                        lock::lock_deletable(&lock_path, LockWait::no_wait(), &|_| {})
+                            .ok()
+                            .map(Held::Own)
+                    }
+                },
             };
-            if guard.is_none() {
+            if held.is_none() {
                 report.lock().skipped.push(Skipped {
                     path: f.path(),
                     reason: SkipReason::Busy,
                 });
             }
-            guard.map(|g| (f, *bytes, g))
+            held.map(|h| (f, *bytes, h))
         })
         .collect();
-    if locked.is_empty() {
-        return Ok(());
-    }
 
     // Re-check under the locks: an ingest that committed since the mark shows up here, and one
-    // that has not cannot commit before we release.
-    let live = mark(layout, opts)?;
+    // that has not cannot commit before we release. A failed re-read deletes nothing.
+    let live = if locked.is_empty() {
+        Ok(HashSet::new())
+    } else {
+        mark(layout, opts)
+    };
 
-    locked
-        .into_par_iter()
-        .try_for_each(|(f, bytes, guard)| {
-            if live.contains(&f.digest.first32()) {
-                report.lock().skipped.push(Skipped {
-                    path: f.path(),
-                    reason: SkipReason::Referenced,
-                });
-                return Ok(());
-            }
-            if !opts.dry_run {
-                // Boot files first: a crash in between leaves an orphan blob, which the next
-                // run collects.
-                if let Some(boot) = &f.boot {
-                    remove_boot_dir(&layout.backend(f.kind), boot)?;
-                }
-                if let Some(blob) = &f.blob {
-                    fsutil::remove_file(blob)?;
-                }
-            }
-            report.lock().blobs.push(Collected {
-                kind: f.kind,
-                digest: f.digest,
-                bytes,
-            });
-            // Deleting the lock file while holding it is part of the lock-then-check protocol:
-            // a waiter wakes on the orphan, sees the path changed, and retries.
-            if let Some(g) = guard {
+    let swept = locked.into_par_iter().map(|(f, bytes, held)| {
+        let outcome = match &live {
+            Ok(live) => sweep_one(backend(f.kind), opts, f, bytes, live, report),
+            Err(_) => Ok(()),
+        };
+        // Every name given to a lock goes before the lock is released, whatever happened:
+        // removing it while held is the lock-then-check protocol (a waiter wakes on an
+        // orphan, sees the path changed, and retries).
+        let unlocked = match held {
+            Held::Unlocked => Ok(()),
+            Held::Linked(path) => fsutil::remove_file(&path).map(drop).map_err(Error::from),
+            Held::Own(g) => {
                 if let Err(e) = g.remove_locked_file() {
                     tracing::warn!("removing digest lock: {e}");
                 }
+                Ok(())
             }
-            Ok(())
-        })
+        };
+        outcome.and(unlocked)
+    });
+    let swept: Result<(), Error> = swept.collect::<Vec<_>>().into_iter().collect();
+    for (_, g) in batch_locks {
+        if let Err(e) = g.remove_locked_file() {
+            tracing::warn!("removing batch lock: {e}");
+        }
+    }
+    live?;
+    swept
+}
+
+/// Re-check one locked candidate and delete it (or, in a dry run, report it).
+fn sweep_one(
+    b: &BackendLayout,
+    opts: &GcOptions,
+    f: &Found,
+    bytes: u64,
+    live: &HashSet<[u8; 32]>,
+    report: &Mutex<GcReport>,
+) -> Result<(), Error> {
+    if live.contains(&f.digest.first32()) {
+        report.lock().skipped.push(Skipped {
+            path: f.path(),
+            reason: SkipReason::Referenced,
+        });
+        return Ok(());
+    }
+    if !opts.dry_run {
+        // Boot files first: a crash in between leaves an orphan blob, which the next run
+        // collects.
+        if let Some(boot) = &f.boot {
+            remove_boot_dir(b, boot)?;
+        }
+        if let Some(blob) = &f.blob {
+            fsutil::remove_file(blob)?;
+        }
+    }
+    report.lock().blobs.push(Collected {
+        kind: f.kind,
+        digest: f.digest,
+        bytes,
+    });
+    Ok(())
 }
 
 /// Suffix of a boot dir being deleted, moved into `temp/` first.
@@ -488,10 +588,9 @@ const TRASH_SUFFIX: &str = "gc-trash";
 fn remove_boot_dir(b: &BackendLayout, boot: &Path) -> Result<(), Error> {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = boot.file_name().map_or_else(
-        || "boot".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = boot
+        .file_name()
+        .map_or_else(|| "boot".into(), |n| n.to_string_lossy().into_owned());
     let trash = b
         .temp_dir()
         .join(format!("{name}.{}.{n}.{TRASH_SUFFIX}", std::process::id()));

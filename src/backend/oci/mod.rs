@@ -2,5 +2,5 @@
 
 pub mod boot;
 pub mod erofs;
-pub mod unpack;
 pub mod registry;
+pub mod unpack;
