@@ -2,7 +2,7 @@
 //! identical tree (DESIGN.md §12: ≤ 1.5 × find at 100,000 blobs), and rayon's default pool
 //! against one thread. Trees live on disk under the target dir (not tmpfs); building them is not
 //! timed. N is `IMGSTORE_GC_BENCH_BLOBS` (default 20,000 to keep a run short on a busy machine;
-//! benches/gc_compare.sh runs 100,000 through the CLI).
+//! `benches/gc_compare.sh` runs 100,000 through the CLI).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

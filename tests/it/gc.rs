@@ -99,7 +99,7 @@ fn collect(root: &Path, o: &GcOptions) -> GcReport {
 }
 
 /// Blobs named by either index survive (even with grace 0); old orphans go with their oci boot
-/// dir; a fresh orphan is kept as TooNew under the default grace and collected by `--grace 0`.
+/// dir; a fresh orphan is kept as `TooNew` under the default grace and collected by `--grace 0`.
 #[test]
 fn referenced_survive_orphans_collected_grace_honoured() {
     let dir = tempfile::tempdir().unwrap();
@@ -333,7 +333,7 @@ fn index_entry_added_after_mark_is_honoured() {
 }
 
 /// Temp debris goes in a run with no collectable blob; live temp entries (held by this
-/// process's TempFile / TempDir, or a lock held by another fd) stay whatever their age; stale
+/// process's `TempFile` / `TempDir`, or a lock held by another fd) stay whatever their age; stale
 /// unlocked digest locks go; young debris waits for the temp grace period.
 #[test]
 fn temp_sweep_spares_live_entries() {
@@ -503,7 +503,7 @@ fn dry_run_reports_what_a_real_run_does() {
     );
 }
 
-/// `imgstore gc --grace 0` SIGKILLed at arbitrary moments, ten times over fresh orphans: every
+/// `imgstore gc --grace 0` killed (SIGKILL) at arbitrary moments, ten times over fresh orphans: every
 /// referenced blob and boot file is still there and the indexes still parse after each kill; a
 /// final run leaves only referenced blobs and an empty temp/ (stale locks and half-deleted boot
 /// dirs included).
