@@ -589,3 +589,33 @@ fn killed_gc_never_loses_referenced_data() {
     let r = gc::collect(&layout, &opts(Duration::ZERO), &[]).unwrap();
     assert!(r.blobs.is_empty() && r.temp.is_empty(), "{r:?}");
 }
+
+/// A run killed mid-batch leaves digest lock names that are hard links to one batch lock inode.
+/// Taking two such digest locks in one process (an ingest locking several layers) must not
+/// self-deadlock on the shared inode: each lock drops the shared name and gets a private file.
+#[test]
+fn stale_batch_lock_names_are_not_shared() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Layout::new(dir.path()).backend(Kind::Oci);
+    std::fs::create_dir_all(b.temp_dir()).unwrap();
+    let batch = b.temp_dir().join("gc.999999.0.lock");
+    std::fs::write(&batch, b"").unwrap();
+    let (p1, p2) = (
+        b.digest_lock_path(&key("layer1")),
+        b.digest_lock_path(&key("layer2")),
+    );
+    std::fs::hard_link(&batch, &p1).unwrap();
+    std::fs::hard_link(&batch, &p2).unwrap();
+
+    let g1 = lock::lock_deletable(&p1, LockWait::no_wait(), &|_| {}).unwrap();
+    let g2 = lock::lock_deletable(&p2, LockWait::no_wait(), &|_| {})
+        .expect("a second digest lock is not blocked by the first");
+    for p in [&p1, &p2] {
+        assert_eq!(std::fs::metadata(p).unwrap().nlink(), 1, "{}", p.display());
+    }
+    drop((g1, g2));
+    let r = gc::collect(&Layout::new(dir.path()), &GcOptions::default(), &[]).unwrap();
+    assert_eq!(r.temp.len(), 3, "{r:?}");
+    assert!(names(&b.temp_dir()).is_empty());
+}
