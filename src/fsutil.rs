@@ -136,6 +136,25 @@ pub fn publish_dir_noclobber(dir: &Path, dest: &Path) -> Result<Published, Error
     }
 }
 
+/// Rename `src` (a file or a directory) to `dest` unless `dest` exists; `Ok(false)` if `src` was
+/// already gone. Not durable by itself: the caller fsyncs the directories it cares about.
+pub fn rename_noclobber(src: &Path, dest: &Path) -> Result<bool, Error> {
+    match renameat2(AT_FDCWD, src, AT_FDCWD, dest, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) if fs::symlink_metadata(src).is_err() => Ok(false),
+        Err(errno) => Err(io_err("renaming", src)(errno.into())),
+    }
+}
+
+/// Give the inode at `target` the additional name `link`; `Ok(false)` if `link` already exists.
+pub fn link_noclobber(target: &Path, link: &Path) -> Result<bool, Error> {
+    match fs::hard_link(target, link) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_err("linking", link)(e)),
+    }
+}
+
 /// Names of the entries in `dir` (empty if it does not exist).
 pub fn names_in(dir: &Path) -> Result<Vec<String>, Error> {
     match fs::read_dir(dir) {

@@ -10,11 +10,18 @@
 //! - before deleting, the sweep holds the blob's digest lock (an ingest holds it from "check
 //!   cache" to "commit"), then re-reads every index: an ingest that committed after the mark is
 //!   seen there, and one that has not committed cannot start its commit while the lock is held;
+//! - a digest lock file that does not exist is taken by hard-linking `temp/<hex>.lock` to a
+//!   lock file this run already holds (one per batch): anyone who opens that path locks the
+//!   held inode and waits or fails, exactly as with a lock file of its own, and the name is
+//!   removed before the batch lock is released. A crash leaves unlocked multi-name lock files;
+//!   [`crate::lock::lock_deletable`] drops such a name instead of sharing it, and the next run
+//!   sweeps them;
 //! - temp entries in use are held under `flock` by their owner and are skipped.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -66,6 +73,27 @@ pub enum Error {
     /// A filesystem change failed.
     #[error(transparent)]
     Fs(#[from] fsutil::Error),
+    /// A lock file could not be taken or removed.
+    #[error("digest lock for {}: {source}", path.display())]
+    Lock {
+        /// The blob (or lock file) concerned.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: lock::Error,
+    },
+}
+
+/// A callback run by [`collect`] at a fixed step; tests use it to change the store at that
+/// moment (deterministic races).
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 /// Options of one collection.
@@ -79,6 +107,9 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// How long to wait for the index locks while marking.
     pub lock_wait: LockWait,
+    /// Test seam: run after the mark and before the sweep.
+    #[doc(hidden)]
+    pub after_mark: Option<Hook>,
 }
 
 impl Default for GcOptions {
@@ -88,6 +119,7 @@ impl Default for GcOptions {
             temp_grace: Duration::from_secs(3600),
             dry_run: false,
             lock_wait: LockWait::timeout(Duration::from_secs(60)),
+            after_mark: None,
         }
     }
 }
@@ -163,6 +195,16 @@ struct Found {
     boot: Option<PathBuf>,
 }
 
+impl Found {
+    /// The path reports show for it: the blob, else the boot dir.
+    fn path(&self) -> PathBuf {
+        self.blob
+            .clone()
+            .or_else(|| self.boot.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// How many candidates are locked and re-checked against a fresh index read at once.
 const BATCH: usize = 2048;
 
@@ -199,6 +241,9 @@ pub fn collect(
         })?;
         live.extend(digests.into_iter().map(|d| d.first32()));
     }
+    if let Some(hook) = &opts.after_mark {
+        (hook.0)();
+    }
 
     // Candidates: unreferenced, old enough.
     let candidates: Vec<Found> = found
@@ -214,11 +259,7 @@ pub fn collect(
             let (newest, bytes) = age_and_size(&f);
             if newest > grace_cut {
                 report.lock().skipped.push(Skipped {
-                    path: f
-                        .blob
-                        .clone()
-                        .or_else(|| f.boot.clone())
-                        .unwrap_or_default(),
+                    path: f.path(),
                     reason: SkipReason::TooNew,
                 });
                 return None;
@@ -227,18 +268,44 @@ pub fn collect(
         })
         .collect();
 
-    // Sweep, a batch at a time: take digest locks (never wait), re-read the indexes, delete.
-    for batch in candidates.chunks(BATCH) {
-        sweep_batch(layout, opts, batch, &report)?;
-    }
-
-    // Temp debris, also in runs where no blob is collectable.
+    // Temp debris, also in runs where no blob is collectable; first, so that stale lock files
+    // (which a crashed run may have left as several names of one inode) are gone before the
+    // sweep needs those names.
     let temp_cut = now
         .checked_sub(opts.temp_grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     backends
         .par_iter()
         .try_for_each(|b| sweep_temp(b, opts, temp_cut, &report))?;
+
+    // Sweep, a batch at a time: take digest locks (never wait), re-read the indexes, delete.
+    if !opts.dry_run {
+        for kind in Kind::ALL {
+            if candidates.iter().any(|(f, _)| f.kind == kind) {
+                fsutil::create_dir_all(&layout.backend(kind).temp_dir())?;
+            }
+        }
+    }
+    let mut swept = Ok(());
+    for batch in candidates.chunks(BATCH) {
+        swept = sweep_batch(layout, opts, batch, &report);
+        if swept.is_err() {
+            break;
+        }
+    }
+    // One fsync per directory for the whole run, also after a failed batch: a deletion that is
+    // lost in a crash only brings back an orphan, which the next run collects, so durability is
+    // owed to the report, not to safety.
+    if !opts.dry_run && !report.lock().blobs.is_empty() {
+        for b in &backends {
+            for dir in [b.blobs_dir(), b.boot_root()] {
+                if dir.exists() {
+                    fsutil::fsync_dir(&dir)?;
+                }
+            }
+        }
+    }
+    swept?;
 
     let mut report = report.into_inner();
     report.blobs.sort();
@@ -361,103 +428,186 @@ fn age_and_size(f: &Found) -> (SystemTime, u64) {
     (newest, bytes)
 }
 
+/// How the sweep holds one candidate's digest lock.
+enum Held {
+    /// Dry run: nobody held it when looked at; nothing is locked.
+    Unlocked,
+    /// `temp/<hex>.lock` was absent and is now a name of the batch lock inode, which this
+    /// collection holds: anyone opening that path locks the batch lock and waits.
+    Linked(PathBuf),
+    /// The lock file existed (stale, or an ingest just released it): locked on its own.
+    Own(lock::LockGuard),
+}
+
+/// The lock inode of one batch in one backend: every candidate without a lock file gets a
+/// hard link to it, which makes one `link(2)` (and one `unlink(2)`) do what creating, locking,
+/// checking and deleting a lock file per candidate would.
+fn batch_lock(b: &BackendLayout) -> Result<lock::LockGuard, Error> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = b
+        .temp_dir()
+        .join(format!("gc.{}.{n}.lock", std::process::id()));
+    lock::lock_deletable(&path, LockWait::no_wait(), &|_| {})
+        .map_err(|source| Error::Lock { path, source })
+}
+
 fn sweep_batch(
     layout: &Layout,
     opts: &GcOptions,
     batch: &[(Found, u64)],
     report: &Mutex<GcReport>,
 ) -> Result<(), Error> {
-    // Take the digest locks; busy means an ingest of that digest is in flight.
-    let locked: Vec<(&Found, u64, Option<lock::LockGuard>)> = batch
-        .par_iter()
-        .filter_map(|(f, bytes)| {
-            let b = layout.backend(f.kind);
-            let lock_path = b.digest_lock_path(&f.digest);
-            let guard = if opts.dry_run {
-                if fsutil::is_held(&lock_path) {
-                    None
-                } else {
-                    return Some((f, *bytes, None));
-                }
-            } else {
-                if let Err(e) = fsutil::create_dir_all(&b.temp_dir()) {
-                    tracing::warn!("{e}");
-                }
-                lock::lock_deletable(&lock_path, LockWait::no_wait(), &|_| {}).ok()
-            };
-            if let Some(g) = guard {
-                Some((f, *bytes, Some(g)))
-            } else {
-                report.lock().skipped.push(Skipped {
-                    path: f
-                        .blob
-                        .clone()
-                        .or_else(|| f.boot.clone())
-                        .unwrap_or_default(),
-                    reason: SkipReason::Busy,
-                });
-                None
-            }
-        })
-        .collect();
-    if locked.is_empty() {
-        return Ok(());
-    }
-
-    // Re-check under the locks: an ingest that committed since the mark shows up here.
-    let live = mark(layout, opts)?;
-
-    let results: Vec<Result<(), Error>> = locked
-        .into_par_iter()
-        .map(|(f, bytes, guard)| {
-            let path = f
-                .blob
-                .clone()
-                .or_else(|| f.boot.clone())
-                .unwrap_or_default();
-            if live.contains(&f.digest.first32()) {
-                report.lock().skipped.push(Skipped {
-                    path,
-                    reason: SkipReason::Referenced,
-                });
-                return Ok(());
-            }
-            if !opts.dry_run {
-                // Blob first: a crash in between leaves an orphan boot dir, which the next run
-                // collects and a new ingest of the layer replaces. The other order could leave
-                // a blob without its boot files, which an ingest would reuse as a layer without
-                // a kernel (ingest relies on "a blob that exists has its boot dir").
-                if let Some(blob) = &f.blob {
-                    fsutil::remove_file(blob)?;
-                }
-                if let Some(boot) = &f.boot {
-                    fsutil::remove_dir_all(boot)?;
-                }
-            }
-            report.lock().blobs.push(Collected {
-                kind: f.kind,
-                digest: f.digest,
-                bytes,
-            });
-            if let Some(g) = guard {
-                if let Err(e) = g.remove_locked_file() {
-                    tracing::warn!("removing digest lock: {e}");
-                }
-            }
-            Ok(())
-        })
-        .collect();
+    let backends: Vec<BackendLayout> = Kind::ALL.iter().map(|k| layout.backend(*k)).collect();
+    let backend = |kind: Kind| {
+        backends
+            .iter()
+            .find(|b| b.kind() == kind)
+            .expect("every kind has a layout")
+    };
+    let mut batch_locks = Vec::new();
     if !opts.dry_run {
-        for kind in Kind::ALL {
-            let b = layout.backend(kind);
-            for dir in [b.blobs_dir(), b.boot_root()] {
-                if dir.exists() {
-                    fsutil::fsync_dir(&dir)?;
-                }
+        for b in &backends {
+            if batch.iter().any(|(f, _)| f.kind == b.kind()) {
+                batch_locks.push((b.kind(), batch_lock(b)?));
             }
         }
     }
-    results.into_iter().collect()
+    let batch_lock_of = |kind: Kind| {
+        batch_locks
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, g)| g.path())
+    };
+
+    // Take the digest locks, never waiting; busy means an ingest of that digest is in flight.
+    let locked: Vec<(&Found, u64, Held)> = batch
+        .par_iter()
+        .filter_map(|(f, bytes)| {
+            let lock_path = backend(f.kind).digest_lock_path(&f.digest);
+            let held = match batch_lock_of(f.kind) {
+                None => (!fsutil::is_held(&lock_path)).then_some(Held::Unlocked),
+                Some(shared) => match fsutil::link_noclobber(shared, &lock_path) {
+                    Ok(true) => Some(Held::Linked(lock_path)),
+                    // Exists (or cannot be linked): the plain protocol on that file.
+                    Ok(false) | Err(_) => {
+                        lock::lock_deletable(&lock_path, LockWait::no_wait(), &|_| {})
+                            .ok()
+                            .map(Held::Own)
+                    }
+                },
+            };
+            if held.is_none() {
+                report.lock().skipped.push(Skipped {
+                    path: f.path(),
+                    reason: SkipReason::Busy,
+                });
+            }
+            held.map(|h| (f, *bytes, h))
+        })
+        .collect();
+
+    // Re-check under the locks: an ingest that committed since the mark shows up here, and one
+    // that has not cannot commit before we release. A failed re-read deletes nothing.
+    let live = if locked.is_empty() {
+        Ok(HashSet::new())
+    } else {
+        mark(layout, opts)
+    };
+
+    let swept = locked.into_par_iter().map(|(f, bytes, held)| {
+        let outcome = match &live {
+            Ok(live) => sweep_one(backend(f.kind), opts, f, bytes, live, report),
+            Err(_) => Ok(()),
+        };
+        // Every name given to a lock goes before the lock is released, whatever happened:
+        // removing it while held is the lock-then-check protocol (a waiter wakes on an
+        // orphan, sees the path changed, and retries).
+        let unlocked = match held {
+            Held::Unlocked => Ok(()),
+            Held::Linked(path) => fsutil::remove_file(&path).map(drop).map_err(Error::from),
+            Held::Own(g) => {
+                if let Err(e) = g.remove_locked_file() {
+                    tracing::warn!("removing digest lock: {e}");
+                }
+                Ok(())
+            }
+        };
+        outcome.and(unlocked)
+    });
+    let swept: Result<(), Error> = swept.collect::<Vec<_>>().into_iter().collect();
+    for (_, g) in batch_locks {
+        if let Err(e) = g.remove_locked_file() {
+            tracing::warn!("removing batch lock: {e}");
+        }
+    }
+    live?;
+    swept
+}
+
+/// Re-check one locked candidate and delete it (or, in a dry run, report it).
+fn sweep_one(
+    b: &BackendLayout,
+    opts: &GcOptions,
+    f: &Found,
+    bytes: u64,
+    live: &HashSet<[u8; 32]>,
+    report: &Mutex<GcReport>,
+) -> Result<(), Error> {
+    if live.contains(&f.digest.first32()) {
+        report.lock().skipped.push(Skipped {
+            path: f.path(),
+            reason: SkipReason::Referenced,
+        });
+        return Ok(());
+    }
+    if !opts.dry_run {
+        // Blob first: a crash in between leaves an orphan boot dir, which the next run collects
+        // and a new ingest of the layer replaces. The other order could leave a blob without
+        // its boot files, which an ingest would reuse as a layer without a kernel (ingest relies
+        // on "a blob that exists has its boot dir").
+        if let Some(blob) = &f.blob {
+            fsutil::remove_file(blob)?;
+        }
+        if let Some(boot) = &f.boot {
+            remove_boot_dir(b, boot)?;
+        }
+    }
+    report.lock().blobs.push(Collected {
+        kind: f.kind,
+        digest: f.digest,
+        bytes,
+    });
+    Ok(())
+}
+
+/// Suffix of a boot dir being deleted, moved into `temp/` first.
+const TRASH_SUFFIX: &str = "gc-trash";
+
+/// Remove a boot dir as one step: it is renamed into `temp/` (atomic), then deleted there. A
+/// crash part-way through `remove_dir_all` in place would leave a boot dir missing some files,
+/// which an ingest of that layer would then find "already published" and reuse.
+fn remove_boot_dir(b: &BackendLayout, boot: &Path) -> Result<(), Error> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = boot
+        .file_name()
+        .map_or_else(|| "boot".into(), |n| n.to_string_lossy().into_owned());
+    let trash = b
+        .temp_dir()
+        .join(format!("{name}.{}.{n}.{TRASH_SUFFIX}", std::process::id()));
+    match fsutil::rename_noclobber(boot, &trash) {
+        Ok(true) => {
+            // The boot dir is gone from boot/ already; leftovers in temp/ are the next run's.
+            if let Err(e) = fsutil::remove_dir_all(&trash) {
+                tracing::warn!("{e}");
+            }
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        // Not on one filesystem (or no renameat2): delete in place.
+        Err(_) => fsutil::remove_dir_all(boot).map(drop).map_err(Error::from),
+    }
 }
 
 fn sweep_temp(
@@ -467,51 +617,63 @@ fn sweep_temp(
     report: &Mutex<GcReport>,
 ) -> Result<(), Error> {
     let entries = list_dir(&b.temp_dir())?;
-    entries.par_iter().try_for_each(|entry| {
-        let path = entry.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            return Ok(());
-        };
-        if meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) > cut {
-            return Ok(());
-        }
-        let is_lock = path.extension().is_some_and(|e| e == "lock");
-        let skip = |reason| {
-            report.lock().skipped.push(Skipped {
-                path: path.clone(),
-                reason,
-            });
-        };
-        if is_lock {
-            // A digest lock nobody holds: take it (never wait) and delete it while held.
-            if opts.dry_run {
-                if fsutil::is_held(&path) {
-                    skip(SkipReason::InUse);
-                    return Ok(());
-                }
-            } else {
-                let Ok(g) = lock::lock_deletable(&path, LockWait::no_wait(), &|_| {}) else {
-                    skip(SkipReason::InUse);
-                    return Ok(());
-                };
-                if let Err(e) = g.remove_locked_file() {
-                    tracing::warn!("removing stale lock {}: {e}", path.display());
-                    return Ok(());
-                }
-            }
-        } else {
-            if fsutil::is_held(&path) {
-                skip(SkipReason::InUse);
-                return Ok(());
-            }
-            if !opts.dry_run {
-                fsutil::remove_any(&path)?;
-            }
-        }
+    let skip = |path: PathBuf, reason| {
+        report.lock().skipped.push(Skipped { path, reason });
+    };
+    let removed = |path: PathBuf, meta: &fs::Metadata| {
         report.lock().temp.push(TempRemoved {
             path,
             bytes: if meta.is_file() { meta.len() } else { 0 },
         });
+    };
+    let (locks, others): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .map(|e| e.path())
+        .partition(|p| p.extension().is_some_and(|e| e == "lock"));
+
+    // Lock files: a deletable lock nobody holds is debris at any age (taking it proves no
+    // ingest uses it, and the lock-then-check protocol lets its holder delete it).
+    // Sequential: the sweep may hold one and the same inode under several names.
+    for path in locks {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if opts.dry_run {
+            if fsutil::is_held(&path) {
+                skip(path, SkipReason::InUse);
+                continue;
+            }
+        } else {
+            let Ok(g) = lock::lock_deletable(&path, LockWait::no_wait(), &|_| {}) else {
+                skip(path, SkipReason::InUse);
+                continue;
+            };
+            if let Err(e) = g.remove_locked_file() {
+                tracing::warn!("removing stale lock {}: {e}", path.display());
+                continue;
+            }
+        }
+        removed(path, &meta);
+    }
+
+    others.into_par_iter().try_for_each(|path| {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            return Ok(());
+        };
+        // A boot dir a crashed collection moved here is debris at any age; everything else
+        // gets the grace period.
+        let trash = path.extension().is_some_and(|e| e == TRASH_SUFFIX);
+        if !trash && meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) > cut {
+            return Ok(());
+        }
+        if fsutil::is_held(&path) {
+            skip(path, SkipReason::InUse);
+            return Ok(());
+        }
+        if !opts.dry_run {
+            fsutil::remove_any(&path)?;
+        }
+        removed(path, &meta);
         Ok(())
     })
 }

@@ -96,7 +96,7 @@ pub fn run_stdin(root: &Path, args: &[&str], stdin: &[u8]) -> Run {
 }
 
 /// The shared fixtures directory (`../shared/fixtures/cocoon-v0.3.7`); `IMGSTORE_FIXTURES`
-/// overrides it for a checkout elsewhere, as in `index.rs`.
+/// overrides it (a checkout elsewhere, e.g. a worktree).
 pub fn fixtures() -> PathBuf {
     std::env::var_os("IMGSTORE_FIXTURES").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/cocoon-v0.3.7"),

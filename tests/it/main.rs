@@ -6,6 +6,7 @@ mod cloud_e2e;
 mod cloudimg;
 mod erofs;
 mod fuzz_seeds;
+mod gc;
 mod http_server;
 mod index;
 mod ingest;
