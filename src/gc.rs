@@ -428,10 +428,12 @@ fn sweep_batch(
                 if let Some(boot) = &f.boot {
                     fsutil::remove_dir_all(boot)?;
                 }
+                crate::failpoint::hit("gc.after_delete_boot");
                 if let Some(blob) = &f.blob {
                     fsutil::remove_file(blob)?;
                 }
             }
+            crate::failpoint::hit("gc.after_delete_blob");
             report.lock().blobs.push(Collected {
                 kind: f.kind,
                 digest: f.digest,

@@ -384,9 +384,11 @@ impl Store {
                 // Boot files before the blob: a blob that exists always has its boot dir.
                 fsutil::publish_dir_noclobber(&boot, &b.boot_dir(&layer.digest))?;
             }
+            crate::failpoint::hit("oci.after_boot_publish");
             let sums = verify::sums_of_file(&out)?;
             self.publish_blob(Kind::Oci, &layer.digest, &out, sums)?
         };
+        crate::failpoint::hit("publish.after_rename");
         let file_sums = |p: PathBuf| -> Result<Option<Sums>, Error> {
             if p.exists() {
                 Ok(Some(verify::sums_of_file(&p)?))
