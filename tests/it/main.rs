@@ -3,8 +3,13 @@
 mod cli;
 mod cli_support;
 mod cloudimg;
+mod contention;
+mod crash;
 mod erofs;
+mod full_disk;
 mod fuzz_seeds;
+mod hostile;
+mod index_fuzz_model;
 mod http_server;
 mod index;
 mod ingest;
