@@ -74,6 +74,11 @@ fn run_at(root: &Path, cwd: &Path, point: &str, args: &[&str]) -> (std::process:
 // ---------------------------------------------------------------------------------------------
 // invariants
 
+/// Whether a file name ends in `.tmp` (a temp file of an interrupted write).
+pub fn is_tmp(name: &str) -> bool {
+    Path::new(name).extension().is_some_and(|e| e == "tmp")
+}
+
 fn is_blob_name(name: &str, ext: &str) -> Option<String> {
     let stem = name.strip_suffix(ext)?.strip_suffix('.')?;
     imgstore::digest::is_hex64(stem).then(|| stem.to_owned())
@@ -127,7 +132,7 @@ pub fn violations(root: &Path, boot_layers: &HashSet<String>) -> Vec<String> {
             let ok = matches!(
                 name.as_str(),
                 "images.json" | "images.json.bak" | "images.lock"
-            ) || (name.ends_with(".tmp")
+            ) || (is_tmp(&name)
                 && (name.starts_with(".images.json.") || name.starts_with(".link.")));
             if !ok {
                 v.push(format!("unexpected file {kind}/db/{name}"));
@@ -321,7 +326,11 @@ fn crash_at(inp: &Inputs, point: &str, name: &str, key: &str, args: &[&str], com
 
     collect_all_and_check(&root);
     assert_consistent(&root, &inp.boot_layers);
-    assert_eq!(names_in_index(&root), expected, "{point}: gc changed the index");
+    assert_eq!(
+        names_in_index(&root),
+        expected,
+        "{point}: gc changed the index"
+    );
 
     run(&root, args).ok();
     run(&root, &["verify"]).ok();
@@ -329,7 +338,7 @@ fn crash_at(inp: &Inputs, point: &str, name: &str, key: &str, args: &[&str], com
     assert_consistent(&root, &inp.boot_layers);
     let db = crate::cli_support::names(&root.join("cloudimg/db"));
     assert!(
-        db.iter().all(|n| !n.ends_with(".tmp")),
+        db.iter().all(|n| !is_tmp(n)),
         "{point}: a later index write leaves no temp file: {db:?}"
     );
 }
@@ -477,8 +486,39 @@ fn kill_group(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-/// 200+ imports (cloud and oci, new and repeated content) and collections, each SIGKILLed after a
-/// random 0–30 ms; the invariants hold every 20 kills and at the end, and a final round of
+/// What round `i` of the random-kill harness runs: an import (cloud or oci), an `rm`, or a gc.
+fn round_args(i: u64, raws: &[PathBuf], ocis: &[(PathBuf, PathBuf)]) -> Vec<String> {
+    let mut round = SplitMix(i);
+    match round.below(5) {
+        0 | 1 => {
+            let n = round.below(4) as usize;
+            vec![
+                "import".into(),
+                format!("cloud-{}", round.below(6)),
+                raws[n].display().to_string(),
+            ]
+        }
+        2 | 3 => {
+            let (base, boot) = &ocis[round.below(3) as usize];
+            vec![
+                "import".into(),
+                format!("oci-{}", round.below(6)),
+                base.display().to_string(),
+                boot.display().to_string(),
+            ]
+        }
+        _ => {
+            if round.below(2) == 0 {
+                vec!["rm".into(), format!("cloud-{}", round.below(6))]
+            } else {
+                vec!["gc".into(), "--grace".into(), "0".into()]
+            }
+        }
+    }
+}
+
+/// 300 imports (cloud and oci, new and repeated content), removals and collections, each
+/// `SIGKILL`ed after a random 0–30 ms; the invariants hold every 20 kills and at the end, and a final round of
 /// imports without kills succeeds.
 #[test]
 fn random_kills_leave_a_consistent_store() {
@@ -510,33 +550,7 @@ fn random_kills_leave_a_consistent_store() {
     let mut finished = 0u32;
     let mut rng = SplitMix(0x5eed);
     for i in 0..ROUNDS {
-        let mut round = SplitMix(i);
-        let args: Vec<String> = match round.below(5) {
-            0 | 1 => {
-                let n = round.below(4) as usize;
-                vec![
-                    "import".into(),
-                    format!("cloud-{}", round.below(6)),
-                    raws[n].display().to_string(),
-                ]
-            }
-            2 | 3 => {
-                let (base, boot) = &ocis[round.below(3) as usize];
-                vec![
-                    "import".into(),
-                    format!("oci-{}", round.below(6)),
-                    base.display().to_string(),
-                    boot.display().to_string(),
-                ]
-            }
-            _ => {
-                if round.below(2) == 0 {
-                    vec!["rm".into(), format!("cloud-{}", round.below(6))]
-                } else {
-                    vec!["gc".into(), "--grace".into(), "0".into()]
-                }
-            }
-        };
+        let args = round_args(i, &raws, &ocis);
         let mut child = spawn_group(&root, &cwd, &args);
         std::thread::sleep(Duration::from_micros(rng.below(30_000)));
         if child.try_wait().unwrap().is_none() {
@@ -562,7 +576,10 @@ fn random_kills_leave_a_consistent_store() {
          finished, {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(landed > ROUNDS as u32 / 4, "most kills should land mid-operation");
+    assert!(
+        landed > ROUNDS as u32 / 4,
+        "most kills should land mid-operation"
+    );
     assert_consistent(&root, &HashSet::new());
     collect_all_and_check(&root);
     // Everything can still be stored and used.
@@ -575,7 +592,12 @@ fn random_kills_leave_a_consistent_store() {
         let name = format!("final-oci-{i}");
         run(
             &root,
-            &["import", &name, base.to_str().unwrap(), boot.to_str().unwrap()],
+            &[
+                "import",
+                &name,
+                base.to_str().unwrap(),
+                boot.to_str().unwrap(),
+            ],
         )
         .ok();
         run(&root, &["config", &name]).ok();

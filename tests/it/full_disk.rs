@@ -16,7 +16,7 @@ struct Tmpfs {
 
 impl Tmpfs {
     /// `None` (with the reason printed) if this machine cannot mount one (not root, no
-    /// CAP_SYS_ADMIN): the only skip in the suite.
+    /// `CAP_SYS_ADMIN`): the only skip in the suite.
     fn mount(size: &str) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("mount")
@@ -46,7 +46,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -54,7 +57,7 @@ impl Drop for Tmpfs {
 fn non_lock_files(dir: &Path) -> Vec<String> {
     names(dir)
         .into_iter()
-        .filter(|n| !std::path::Path::new(n).extension().is_some_and(|e| e == "lock"))
+        .filter(|n| Path::new(n).extension().is_none_or(|e| e != "lock"))
         .collect()
 }
 
@@ -145,7 +148,7 @@ fn index_write_on_a_full_disk_keeps_the_old_index() {
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
     let db = names(&root.join("cloudimg/db"));
     assert!(
-        db.iter().all(|n| !n.ends_with(".tmp")),
+        db.iter().all(|n| !crate::crash::is_tmp(n)),
         "no temp file left in db/: {db:?}"
     );
     // A dedup import needs space to stage its source: refused the same way, nothing changes.

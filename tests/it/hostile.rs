@@ -148,7 +148,11 @@ fn path_tricks_and_huge_strings_touch_nothing() {
         expected_outer.push("root2".to_owned());
         expected_outer.sort();
     }
-    assert_eq!(names(outer.path()), expected_outer, "nothing beside the roots");
+    assert_eq!(
+        names(outer.path()),
+        expected_outer,
+        "nothing beside the roots"
+    );
     run(&root2, &["verify"]).ok();
 }
 
@@ -162,7 +166,7 @@ fn nul_bytes_through_the_library() {
     raw_image(&disk, 256 << 10, 10);
     let store = Store::open(&root).unwrap();
     store
-        .import("real", &[disk.clone()], None)
+        .import("real", std::slice::from_ref(&disk), None)
         .expect("a plain import works");
     let before = tree(&root);
     for s in ["a\0b", "\0", "sha256:\0", "../\0/etc/passwd", "real\0"] {
@@ -170,7 +174,9 @@ fn nul_bytes_through_the_library() {
         assert!(store.config(&[s]).is_err(), "{s:?}");
         assert!(store.remove(&[s]).is_err(), "{s:?}");
         assert!(store.pull_oci(s, false).is_err(), "{s:?}");
-        let e = store.import(s, &[disk.clone()], None).unwrap_err();
+        let e = store
+            .import(s, std::slice::from_ref(&disk), None)
+            .unwrap_err();
         assert!(e.to_string().contains("invalid image name"), "{s:?}: {e}");
     }
     assert_eq!(tree(&root), before);
@@ -201,7 +207,16 @@ fn hostile_qcow2_imports_store_nothing() {
     qemu_img(
         d,
         &[
-            "create", "-f", "qcow2", "-u", "-b", "secret", "-F", "raw", "backing.qcow2", "1M",
+            "create",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            "secret",
+            "-F",
+            "raw",
+            "backing.qcow2",
+            "1M",
         ],
     );
     qemu_img(
@@ -243,7 +258,7 @@ fn hostile_qcow2_imports_store_nothing() {
         assert!(!root.join("cloudimg/db/images.json").exists(), "{file}");
         let temp: Vec<String> = names(&root.join("cloudimg/temp"))
             .into_iter()
-            .filter(|n| !n.ends_with(".lock"))
+            .filter(|n| Path::new(n).extension().is_none_or(|e| e != "lock"))
             .collect();
         assert!(temp.is_empty(), "{file}: temp debris {temp:?}");
     }
