@@ -249,6 +249,32 @@ pub fn collect_all_and_check(root: &Path) {
     }
 }
 
+/// Temp entries (other than lock files) and unreferenced blobs and boot dirs.
+fn debris(root: &Path) -> Vec<String> {
+    let refs = referenced(root);
+    let mut out = Vec::new();
+    for kind in Kind::ALL {
+        let b = Layout::new(root.to_path_buf()).backend(kind);
+        out.extend(
+            crate::cli_support::names(&b.temp_dir())
+                .into_iter()
+                .filter(|n| Path::new(n).extension().is_none_or(|e| e != "lock")),
+        );
+        for name in crate::cli_support::names(&b.blobs_dir()) {
+            let hex = is_blob_name(&name, kind.blob_ext()).unwrap_or_default();
+            if !refs.contains(&(kind, hex)) {
+                out.push(name);
+            }
+        }
+        for name in crate::cli_support::names(&b.boot_root()) {
+            if !refs.contains(&(kind, name.clone())) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
 fn names_in_index(root: &Path) -> BTreeSet<String> {
     run(root, &["-o", "json", "list"])
         .ok()
@@ -323,6 +349,13 @@ fn crash_at(inp: &Inputs, point: &str, name: &str, key: &str, args: &[&str], com
         expected.insert(key.to_owned());
     }
     assert_eq!(after, expected, "{point}: index is neither old nor new");
+    if !committed {
+        // The abort ran no cleanup: what it was working on is still there for gc to find.
+        assert!(
+            !debris(&root).is_empty(),
+            "{point}: the crash left no debris"
+        );
+    }
 
     collect_all_and_check(&root);
     assert_consistent(&root, &inp.boot_layers);
