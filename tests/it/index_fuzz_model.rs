@@ -12,27 +12,30 @@ use imgstore::index::file::{backup_path, load, save};
 use imgstore::index::{CloudEntry, Entry, OciEntry};
 use imgstore::lock::{lock_file, LockWait, Mode};
 
-/// A private work directory, on tmpfs when there is one: every save fsyncs.
-fn work_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = if Path::new("/dev/shm").is_dir() {
+/// Where to work: tmpfs when there is one, since every save fsyncs.
+fn work_base() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
-        };
-        let dir = base.join(format!("imgstore-index-fuzz.{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creating the fuzz work directory");
-        dir
+        }
     })
 }
 
 /// Check both backends' schemas against `data`.
 pub fn check(data: &[u8]) {
-    // Threads of one test binary may call this at once: one subdirectory each.
-    let dir = work_dir().join(format!("{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+    // One directory per process and thread (test threads may call this at once), removed after.
+    let thread =
+        format!("{:?}", std::thread::current().id()).replace(|c: char| !c.is_ascii_digit(), "");
+    let dir = work_base().join(format!(
+        "imgstore-index-fuzz.{}.{thread}",
+        std::process::id()
+    ));
     check_as::<OciEntry>(&dir, data);
     check_as::<CloudEntry>(&dir, data);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn check_as<E: Entry + PartialEq + std::fmt::Debug>(dir: &Path, data: &[u8]) {
