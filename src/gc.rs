@@ -569,9 +569,11 @@ fn sweep_one(
         if let Some(blob) = &f.blob {
             fsutil::remove_file(blob)?;
         }
+        crate::failpoint::hit("gc.after_delete_blob");
         if let Some(boot) = &f.boot {
             remove_boot_dir(b, boot)?;
         }
+        crate::failpoint::hit("gc.after_delete_boot");
     }
     report.lock().blobs.push(Collected {
         kind: f.kind,

@@ -305,6 +305,7 @@ fn stage_source(
     // Checked before the fsync so a bad download costs no disk flush; the temp file is not
     // trusted by anyone until `Staged` is returned.
     temp.sync()?;
+    crate::failpoint::hit("ingest.staged");
     Ok(Staged { temp, sums })
 }
 

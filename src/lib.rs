@@ -43,6 +43,8 @@
 
 pub mod backend;
 pub mod digest;
+#[doc(hidden)]
+pub mod failpoint;
 pub mod fsutil;
 pub mod gc;
 pub mod index;

@@ -211,7 +211,9 @@ pub fn save<E: Entry>(loaded: &Loaded<E>, path: &Path, guard: &LockGuard) -> Res
             }
         }
     }
+    crate::failpoint::hit("index.before_write");
     fsutil::write_atomic(path, &bytes, INDEX_MODE)?;
+    crate::failpoint::hit("index.after_rename");
     Ok(true)
 }
 

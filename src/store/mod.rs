@@ -748,6 +748,7 @@ impl Store {
         std::fs::File::open(src)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::Other(format!("syncing {}: {e}", src.display())))?;
+        crate::failpoint::hit("publish.before_rename");
         match fsutil::publish_noclobber(src, &dest)? {
             fsutil::Published::New => Ok(sums),
             fsutil::Published::Existing => {

@@ -232,7 +232,10 @@ impl Store {
                 fsutil::publish_dir_noclobber(&staged.boot, &dest)?;
             }
         }
-        self.publish_blob(Kind::Oci, digest, &staged.blob, sums)
+        crate::failpoint::hit("oci.after_boot_publish");
+        let sums = self.publish_blob(Kind::Oci, digest, &staged.blob, sums)?;
+        crate::failpoint::hit("publish.after_rename");
+        Ok(sums)
     }
 
     /// Fetch (if needed) and convert every layer, a few at a time, without publishing any. The

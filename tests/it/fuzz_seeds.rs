@@ -50,3 +50,10 @@ fn unpack_seeds() {
         imgstore::backend::oci::unpack::fuzz_check(&data);
     }
 }
+
+#[test]
+fn index_seeds() {
+    for (_, data) in seeds("index") {
+        crate::index_fuzz_model::check(&data);
+    }
+}
