@@ -305,11 +305,23 @@ pub struct Removed {
     pub names: Vec<String>,
 }
 
-/// Both indexes, read once, with the lookup structure built over them.
+/// Both indexes, read once. The lookup structure is built on first need: a query that is an
+/// exact key of one backend (the boot path's usual case) never pays for it.
 pub struct Snapshot {
     oci: IndexFile<OciEntry>,
     cloud: IndexFile<CloudEntry>,
-    lookup: Lookup,
+    lookup: std::sync::OnceLock<Lookup>,
+}
+
+/// An image a query resolved to.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Backend.
+    pub kind: Kind,
+    /// Image ID.
+    pub id: Digest,
+    /// Every key naming the image in its backend, sorted.
+    pub keys: Vec<String>,
 }
 
 fn canonical_of(s: &str) -> Option<String> {
@@ -318,34 +330,82 @@ fn canonical_of(s: &str) -> Option<String> {
 
 impl Snapshot {
     fn build(oci: IndexFile<OciEntry>, cloud: IndexFile<CloudEntry>) -> Self {
-        let mut items = Vec::with_capacity(oci.images.len() + cloud.images.len());
-        for (key, e) in oci.entries() {
-            items.push(Item {
-                kind: Kind::Oci,
-                key: key.to_owned(),
-                canonical: canonical_of(key),
-                id: e.id(),
-            });
-        }
-        for (key, e) in cloud.entries() {
-            items.push(Item {
-                kind: Kind::CloudImg,
-                key: key.to_owned(),
-                canonical: None,
-                id: e.id(),
-            });
-        }
         Self {
             oci,
             cloud,
-            lookup: Lookup::build(items),
+            lookup: std::sync::OnceLock::new(),
         }
     }
 
-    /// Resolve an ID (§6) to its backend, image ID and all its names.
-    pub fn resolve(&self, query: &str) -> Result<lookup::Match<'_>, Error> {
-        let canonical = canonical_of(query);
-        Ok(self.lookup.resolve(query, canonical.as_deref())?)
+    fn lookup(&self) -> &Lookup {
+        self.lookup.get_or_init(|| {
+            let mut items = Vec::with_capacity(self.oci.images.len() + self.cloud.images.len());
+            for (key, e) in self.oci.entries() {
+                items.push(Item {
+                    kind: Kind::Oci,
+                    key: key.to_owned(),
+                    canonical: canonical_of(key),
+                    id: e.id(),
+                });
+            }
+            for (key, e) in self.cloud.entries() {
+                items.push(Item {
+                    kind: Kind::CloudImg,
+                    key: key.to_owned(),
+                    canonical: None,
+                    id: e.id(),
+                });
+            }
+            Lookup::build(items)
+        })
+    }
+
+    /// Every key of `kind` whose entry has image ID `id`, sorted.
+    fn aliases(&self, kind: Kind, id: &Digest) -> Vec<String> {
+        // BTreeMap iteration is already in key order.
+        match kind {
+            Kind::Oci => self
+                .oci
+                .entries()
+                .filter(|(_, e)| e.id() == *id)
+                .map(|(k, _)| k.to_owned())
+                .collect(),
+            Kind::CloudImg => self
+                .cloud
+                .entries()
+                .filter(|(_, e)| e.id() == *id)
+                .map(|(k, _)| k.to_owned())
+                .collect(),
+        }
+    }
+
+    /// Resolve an ID (DESIGN.md §6) to its backend, image ID and all its names.
+    ///
+    /// # Errors
+    /// Not found, or ambiguous (the error lists the candidates).
+    pub fn find(&self, query: &str) -> Result<Found, Error> {
+        // Step 1 of the precedence without building the lookup: an exact key of exactly one
+        // backend. Anything else (a key in both, a reference, a digest, a prefix) goes through it.
+        let in_oci = self.oci.get(query).map(Entry::id);
+        let in_cloud = self.cloud.get(query).map(Entry::id);
+        let (kind, id) = match (in_oci, in_cloud) {
+            (Some(id), None) => (Kind::Oci, id),
+            (None, Some(id)) => (Kind::CloudImg, id),
+            _ => {
+                let canonical = canonical_of(query);
+                let m = self.lookup().resolve(query, canonical.as_deref())?;
+                return Ok(Found {
+                    kind: m.kind,
+                    id: m.id,
+                    keys: m.items.iter().map(|i| i.key.clone()).collect(),
+                });
+            }
+        };
+        Ok(Found {
+            kind,
+            id,
+            keys: self.aliases(kind, &id),
+        })
     }
 }
 
@@ -458,8 +518,8 @@ impl Store {
     /// Not found, ambiguous, or an unreadable index.
     pub fn inspect(&self, query: &str) -> Result<ImageInfo, Error> {
         let snap = self.snapshot()?;
-        let m = snap.resolve(query)?;
-        Ok(self.describe(&snap, m.kind, m.items.iter().map(|i| i.key.as_str())))
+        let f = snap.find(query)?;
+        Ok(self.describe(&snap, f.kind, f.keys.iter().map(String::as_str)))
     }
 
     fn describe<'a>(
@@ -505,8 +565,8 @@ impl Store {
         queries
             .iter()
             .map(|q| {
-                let m = snap.resolve(q)?;
-                let info = self.describe(&snap, m.kind, m.items.iter().map(|i| i.key.as_str()));
+                let f = snap.find(q)?;
+                let info = self.describe(&snap, f.kind, f.keys.iter().map(String::as_str));
                 check_files(&info)?;
                 self.vm_config(&snap, info)
             })
@@ -576,12 +636,9 @@ impl Store {
     pub fn remove(&self, queries: &[&str]) -> Result<Vec<Removed>, Error> {
         let w = self.on_wait();
         // Index lock order: oci before cloudimg (no digest locks are needed to remove names).
-        let oci_layout = self.layout.backend(Kind::Oci);
-        let cloud_layout = self.layout.backend(Kind::CloudImg);
         let mut removed: Vec<Removed> = Vec::new();
         let oci_db = self.oci_db();
         let cloud_db = self.cloud_db();
-        let _ = (&oci_layout, &cloud_layout);
         oci_db
             .update(self.opts.lock_wait, &w, |oci| {
                 cloud_db
@@ -589,22 +646,23 @@ impl Store {
                         let snap = Snapshot::build(oci.clone(), cloud.clone());
                         let mut plan: Vec<(Kind, Digest, Vec<String>)> = Vec::new();
                         for q in queries {
-                            let m = snap.resolve(q).map_err(boxed)?;
-                            let by_name: Vec<String> = m
-                                .items
+                            let f = snap.find(q).map_err(boxed)?;
+                            // Named by a name (or its canonical form): remove that name. Named by
+                            // digest or prefix: remove every name of the image.
+                            let wanted = canonical_of(q);
+                            let by_name: Vec<String> = f
+                                .keys
                                 .iter()
-                                .filter(|i| {
-                                    i.key == *q
-                                        || (i.canonical.is_some() && i.canonical == canonical_of(q))
+                                .filter(|k| {
+                                    k.as_str() == *q
+                                        || (f.kind == Kind::Oci
+                                            && wanted.is_some()
+                                            && canonical_of(k) == wanted)
                                 })
-                                .map(|i| i.key.clone())
+                                .cloned()
                                 .collect();
-                            let names = if by_name.is_empty() {
-                                m.items.iter().map(|i| i.key.clone()).collect()
-                            } else {
-                                by_name
-                            };
-                            plan.push((m.kind, m.id, names));
+                            let names = if by_name.is_empty() { f.keys } else { by_name };
+                            plan.push((f.kind, f.id, names));
                         }
                         for (kind, id, names) in plan {
                             for n in &names {
@@ -647,20 +705,16 @@ impl Store {
         let mut infos: Vec<ImageInfo> = Vec::new();
         if queries.is_empty() {
             let mut seen = std::collections::HashSet::new();
-            for item in snap.lookup.items() {
+            for item in snap.lookup().items() {
                 if seen.insert((item.kind, item.id)) {
-                    let m = snap.resolve(&item.id.to_string())?;
-                    infos.push(self.describe(
-                        &snap,
-                        m.kind,
-                        m.items.iter().map(|i| i.key.as_str()),
-                    ));
+                    let keys = snap.aliases(item.kind, &item.id);
+                    infos.push(self.describe(&snap, item.kind, keys.iter().map(String::as_str)));
                 }
             }
         } else {
             for q in queries {
-                let m = snap.resolve(q)?;
-                infos.push(self.describe(&snap, m.kind, m.items.iter().map(|i| i.key.as_str())));
+                let f = snap.find(q)?;
+                infos.push(self.describe(&snap, f.kind, f.keys.iter().map(String::as_str)));
             }
         }
         let mut rows = Vec::new();
