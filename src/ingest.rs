@@ -22,10 +22,12 @@ use sha2::Digest as _;
 use crate::digest::{Algorithm, Digest, Sums};
 use crate::fsutil::{self, TempFile};
 
-/// Size of one pipeline buffer.
-const CHUNK: usize = 1 << 20;
+/// Size of one pipeline buffer. With 1 MiB buffers and 8 of them the four threads handed work
+/// to each other so often on 2 cores that staging 1 GiB took 1.43x sha256 alone; 4 MiB x 16
+/// (64 MiB per ingest) brought it to 1.00-1.07x (`cargo bench --bench ingest`).
+const CHUNK: usize = 4 << 20;
 /// Buffers in flight: enough that reading, hashing and writing each have work queued.
-const POOL: usize = 8;
+const POOL: usize = 16;
 /// Alignment of buffers and chunk lengths for direct I/O (the largest logical block size in use).
 const ALIGN: usize = 4096;
 
