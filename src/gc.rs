@@ -337,49 +337,38 @@ fn scan_backend(b: &BackendLayout, report: &Mutex<GcReport>) -> Result<Vec<Found
     let ext = format!(".{}", kind.blob_ext());
     let (blobs, boots) = rayon::join(|| list_dir(&b.blobs_dir()), || list_dir(&b.boot_root()));
     let mut by_digest: std::collections::HashMap<Digest, Found> = std::collections::HashMap::new();
-    for entry in blobs? {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let digest = name
-            .strip_suffix(&ext)
-            .filter(|stem| is_hex64(stem))
-            .and_then(|stem| Digest::parse(stem).ok());
-        let Some(digest) = digest else {
-            report.lock().skipped.push(Skipped {
-                path: entry.path(),
-                reason: SkipReason::UnknownName,
-            });
-            continue;
-        };
-        by_digest
-            .entry(digest)
-            .or_insert_with(|| Found {
+    for (entries, is_blob) in [(blobs?, true), (boots?, false)] {
+        for entry in entries {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // blobs/<hex>.<ext>, boot/<hex>
+            let stem = if is_blob {
+                name.strip_suffix(ext.as_str())
+            } else {
+                Some(&*name)
+            };
+            let digest = stem
+                .filter(|stem| is_hex64(stem))
+                .and_then(|stem| Digest::parse(stem).ok());
+            let Some(digest) = digest else {
+                report.lock().skipped.push(Skipped {
+                    path: entry.path(),
+                    reason: SkipReason::UnknownName,
+                });
+                continue;
+            };
+            let found = by_digest.entry(digest).or_insert_with(|| Found {
                 kind,
                 digest,
                 blob: None,
                 boot: None,
-            })
-            .blob = Some(entry.path());
-    }
-    for entry in boots? {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let Some(digest) = is_hex64(&name).then(|| Digest::parse(&name).ok()).flatten() else {
-            report.lock().skipped.push(Skipped {
-                path: entry.path(),
-                reason: SkipReason::UnknownName,
             });
-            continue;
-        };
-        by_digest
-            .entry(digest)
-            .or_insert_with(|| Found {
-                kind,
-                digest,
-                blob: None,
-                boot: None,
-            })
-            .boot = Some(entry.path());
+            if is_blob {
+                found.blob = Some(entry.path());
+            } else {
+                found.boot = Some(entry.path());
+            }
+        }
     }
     Ok(by_digest.into_values().collect())
 }
