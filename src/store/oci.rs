@@ -502,6 +502,8 @@ struct LayoutManifest {
     #[serde(default)]
     manifests: Option<Vec<LayoutDescriptor>>,
     #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
     layers: Option<Vec<Descriptor>>,
 }
 
@@ -572,6 +574,9 @@ fn read_layout<'a>(
         }
         let _ = &desc.media_type;
         if let Some(layers) = m.layers {
+            if let Some(config) = &m.config {
+                check_platform(dir, config, platform)?;
+            }
             let mut out = Vec::new();
             for l in layers {
                 let p = blob_in(dir, &l.digest);
@@ -597,6 +602,36 @@ fn read_layout<'a>(
         "{}: index nesting too deep",
         dir.display()
     )))
+}
+
+/// An image's config names the platform it was built for: importing it for another one is an
+/// error, as pulling it is (a layout chosen from an index was matched by platform already).
+fn check_platform(
+    dir: &Path,
+    config: &Descriptor,
+    platform: &crate::backend::oci::registry::Platform,
+) -> Result<(), Error> {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default)]
+        architecture: String,
+        #[serde(default)]
+        os: String,
+    }
+    let (_, c): (_, Config) = read_json(&blob_in(dir, &config.digest), 32 << 20)?;
+    if !c.architecture.is_empty()
+        && (c.architecture != platform.architecture || (!c.os.is_empty() && c.os != platform.os))
+    {
+        return Err(Error::Other(format!(
+            "{}: the image is for {}/{}, this host needs {}/{}",
+            dir.display(),
+            c.os,
+            c.architecture,
+            platform.os,
+            platform.architecture
+        )));
+    }
+    Ok(())
 }
 
 /// Unpack an oci-archive tar: only `oci-layout`, `index.json` and regular files under `blobs/`

@@ -406,6 +406,22 @@ fn index_resolves_to_host_arch_and_foreign_manifest_is_refused() {
     env.assert_unchanged(&before);
 }
 
+/// Import holds to the same rule as pull: an image built for another architecture is refused.
+#[test]
+fn layout_import_of_a_foreign_image_is_refused() {
+    let env = Env::new();
+    let (_, other) = host_and_other_arch();
+    let mut layout = OciLayout::create(&env.path("foreign-layout"));
+    layout.add_image("v1", &ImageBuilder::sample(other));
+    let before = env.state();
+    let dir = env.path("foreign-layout");
+    let out = env
+        .run(&["import", "foreign", dir.to_str().unwrap()])
+        .fails();
+    assert!(out.stderr.contains(other), "{}", out.stderr);
+    env.assert_unchanged(&before);
+}
+
 #[test]
 fn pinned_digest_stores_that_manifest_after_the_tag_moved() {
     let env = Env::new();

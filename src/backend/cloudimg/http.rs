@@ -163,11 +163,13 @@ fn check_url(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn agent(limits: &Limits) -> ureq::Agent {
+fn agent(limits: &Limits, https: bool) -> ureq::Agent {
     ureq::Agent::config_builder()
         // Statuses are checked here so the error can name the URL and the reason phrase.
         .http_status_as_error(false)
         .max_redirects(MAX_REDIRECTS)
+        // A download that starts over TLS never continues in clear text through a redirect.
+        .https_only(https)
         .timeout_resolve(Some(limits.connect_timeout))
         .timeout_connect(Some(limits.connect_timeout))
         .timeout_per_read(Some(limits.read_timeout))
@@ -185,16 +187,17 @@ fn agent(limits: &Limits) -> ureq::Agent {
 /// before any body byte is read. The returned reader enforces the cap and the announced length.
 pub fn open(url: &str, limits: &Limits) -> Result<Download, Error> {
     check_url(url)?;
-    let response = agent(limits).get(url).call().map_err(|e| Error::Http {
-        url: url.to_owned(),
-        cause: describe(
-            &e,
-            limits,
-            url.get(..8)
-                .is_some_and(|p| p.eq_ignore_ascii_case("https://")),
-        ),
-        transient: is_transient(&e),
-    })?;
+    let https = url
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+    let response = agent(limits, https)
+        .get(url)
+        .call()
+        .map_err(|e| Error::Http {
+            url: url.to_owned(),
+            cause: describe(&e, limits, https),
+            transient: is_transient(&e),
+        })?;
     let status = response.status();
     if status != ureq::http::StatusCode::OK {
         return Err(Error::Status {
