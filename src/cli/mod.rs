@@ -145,11 +145,26 @@ pub fn main() -> ExitCode {
                     msg.push_str(&c);
                 }
             }
+            if disk_full(&e, &msg) {
+                msg.push_str(
+                    "\nhint: the disk holding the store is full; nothing was stored. Free space \
+                     (`imgstore gc` reclaims unused blobs) and try again.",
+                );
+            }
             progress::clear();
             let _ = writeln!(std::io::stderr(), "{msg}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether a failure came from a full filesystem. Tools such as `qemu-img` and `mkfs.erofs`
+/// report it only in their output, so their text is checked too.
+fn disk_full(e: &anyhow::Error, msg: &str) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    }) || msg.contains("No space left on device")
 }
 
 fn open(

@@ -85,6 +85,10 @@ fn says_disk_full(stderr: &str) {
         stderr.contains("No space left on device"),
         "the error names the full disk: {stderr}"
     );
+    assert!(
+        stderr.contains("the disk holding the store is full"),
+        "the CLI says so in its own words: {stderr}"
+    );
 }
 
 /// Imports that do not fit fail with "No space left on device" and leave the store as it was:
