@@ -145,7 +145,8 @@ fn write_layer(env: &Env, bytes: &[u8]) -> (PathBuf, Digest) {
     (path, Digest::sha256_of(bytes))
 }
 
-fn extract(image: &Path, into: &Path) {
+/// `fsck.erofs --extract` of `image` into `into` (erofs-utils 1.5 restores no xattrs).
+pub(crate) fn extract(image: &Path, into: &Path) {
     let out = Command::new("fsck.erofs")
         .arg(format!("--extract={}", into.display()))
         .arg(image)
@@ -173,7 +174,7 @@ fn dump(image: &Path, path: &str) -> String {
 }
 
 /// The "Xattr size: N" field of `dump.erofs --path`.
-fn xattr_size(image: &Path, path: &str) -> u64 {
+pub(crate) fn xattr_size(image: &Path, path: &str) -> u64 {
     field(&dump(image, path), "Xattr size:")
 }
 

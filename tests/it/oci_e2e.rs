@@ -14,6 +14,7 @@ use imgstore::Digest;
 use serde_json::Value;
 
 use crate::cli_support::{run, Run};
+use crate::erofs::{extract, xattr_size};
 use crate::oci_image::{host_and_other_arch, BuiltImage, ImageBuilder, LayerBuilder, OciLayout};
 use crate::registry_server::TestRegistry;
 
@@ -105,38 +106,6 @@ fn push(
     let built = layout.add_image(tag, image);
     reg.push_oci_layout(&layout.dir, repository, tag);
     built
-}
-
-/// `fsck.erofs --extract` of `image` into `into`.
-fn extract(image: &Path, into: &Path) {
-    let out = Command::new("fsck.erofs")
-        .arg(format!("--extract={}", into.display()))
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The "Xattr size:" of `path` inside `image`, from `dump.erofs` (fsck 1.5 does not extract
-/// xattrs).
-fn xattr_size(image: &Path, path: &str) -> u64 {
-    let out = Command::new("dump.erofs")
-        .arg(format!("--path={path}"))
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let rest = text.split("Xattr size:").nth(1).expect(&text);
-    rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 fn storage_paths(config: &Value) -> Vec<PathBuf> {
