@@ -14,25 +14,13 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::cli_support::{bin, cocoon_root, names, run, run_stdin, Run};
+use crate::cloudimg::qemu_img;
 use crate::http_server::{refused_url, Route, Server};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
 const MIB: usize = 1 << 20;
-
-fn qemu_img(args: &[&str], cwd: &Path) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("running qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `len` bytes with a recognisable non-zero pattern, varied by `seed` so images differ.
 fn pattern(len: usize, seed: usize) -> Vec<u8> {

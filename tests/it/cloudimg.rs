@@ -16,7 +16,8 @@ use crate::http_server::{refused_url, Route, Server};
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-fn qemu_img(args: &[&str], cwd: &Path) {
+/// Run `qemu-img ARGS` in `cwd`; it must succeed.
+pub(crate) fn qemu_img(args: &[&str], cwd: &Path) {
     let out = Command::new("qemu-img")
         .args(args)
         .current_dir(cwd)
