@@ -14,7 +14,7 @@ use crate::digest::{Digest, Sums};
 use crate::fsutil::{self, TempDir};
 use crate::index::CloudEntry;
 use crate::ingest::{self, Expected};
-use crate::store::{Error, Kind, OciSource, Store};
+use crate::store::{io_err, Error, Kind, OciSource, Store};
 use crate::verify;
 
 /// Where a cloud image comes from.
@@ -109,8 +109,7 @@ impl Store {
                     .join(" + ");
                 let mut readers = Vec::with_capacity(parts.len());
                 for p in parts {
-                    let f = std::fs::File::open(p)
-                        .map_err(|e| Error::Other(format!("opening {}: {e}", p.display())))?;
+                    let f = std::fs::File::open(p).map_err(io_err("opening", p))?;
                     if f.metadata().is_ok_and(|m| m.is_dir()) {
                         return Err(Error::Other(format!("{} is a directory", p.display())));
                     }
@@ -313,8 +312,7 @@ fn download_error(e: ingest::Error) -> Error {
 }
 
 fn head_of(path: &Path) -> Result<Vec<u8>, Error> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::Other(format!("opening {}: {e}", path.display())))?;
+    let mut f = std::fs::File::open(path).map_err(io_err("opening", path))?;
     let mut head = vec![0u8; 512];
     let mut n = 0;
     while n < head.len() {
@@ -322,7 +320,7 @@ fn head_of(path: &Path) -> Result<Vec<u8>, Error> {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::Other(format!("reading {}: {e}", path.display()))),
+            Err(e) => return Err(io_err("reading", path)(e)),
         }
     }
     head.truncate(n);

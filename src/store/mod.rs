@@ -117,6 +117,17 @@ pub enum Error {
         /// "kernel" or "initrd".
         what: &'static str,
     },
+    /// An I/O error, with what was being done and where.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("opening", "reading", …).
+        action: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Any other failure with its context.
     #[error("{0}")]
     Other(String),
@@ -131,6 +142,18 @@ impl From<crate::backend::oci::registry::Error> for Error {
 impl From<crate::ingest::Error> for Error {
     fn from(e: crate::ingest::Error) -> Self {
         Error::Ingest(Box::new(e))
+    }
+}
+
+/// Wrap an I/O error with the action and path, for `map_err`.
+pub(crate) fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
     }
 }
 
@@ -414,10 +437,7 @@ fn file_size(path: &Path) -> Result<Option<u64>, Error> {
     match std::fs::metadata(path) {
         Ok(m) => Ok(Some(m.len())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Other(format!(
-            "reading {}: {source}",
-            path.display()
-        ))),
+        Err(source) => Err(io_err("inspecting", path)(source)),
     }
 }
 
@@ -438,8 +458,7 @@ impl Store {
     pub fn open_opts(root: impl Into<PathBuf>, opts: StoreOptions) -> Result<Self, Error> {
         // Paths handed to a VM manager must not depend on its working directory.
         let root = root.into();
-        let root = std::path::absolute(&root)
-            .map_err(|e| Error::Other(format!("store root {}: {e}", root.display())))?;
+        let root = std::path::absolute(&root).map_err(io_err("resolving store root", &root))?;
         Ok(Self {
             layout: Layout::new(root),
             opts,
@@ -801,7 +820,7 @@ impl Store {
         let dest = b.blob_path(key);
         std::fs::File::open(src)
             .and_then(|f| f.sync_all())
-            .map_err(|e| Error::Other(format!("syncing {}: {e}", src.display())))?;
+            .map_err(io_err("syncing", src))?;
         crate::failpoint::hit("publish.before_rename");
         match fsutil::publish_noclobber(src, &dest)? {
             fsutil::Published::New => Ok(sums),

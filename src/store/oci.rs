@@ -23,7 +23,7 @@ use crate::fsutil::{self, TempDir, TempFile};
 use crate::index::{LayerEntry, OciEntry};
 use crate::reference::Reference;
 use crate::store::cloud::{check_name, PullOutcome};
-use crate::store::{Error, Kind, Store};
+use crate::store::{io_err, Error, Kind, Store};
 use crate::verify;
 
 /// Where an OCI image comes from, for [`Store::import_oci`].
@@ -511,12 +511,11 @@ fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     limit: u64,
 ) -> Result<(Vec<u8>, T), Error> {
-    let f = std::fs::File::open(path)
-        .map_err(|e| Error::Other(format!("opening {}: {e}", path.display())))?;
+    let f = std::fs::File::open(path).map_err(io_err("opening", path))?;
     let mut bytes = Vec::new();
     f.take(limit)
         .read_to_end(&mut bytes)
-        .map_err(|e| Error::Other(format!("reading {}: {e}", path.display())))?;
+        .map_err(io_err("reading", path))?;
     let v = serde_json::from_slice(&bytes).map_err(|e| {
         Error::Other(format!(
             "{} is not a valid OCI document: {e}",
@@ -637,19 +636,12 @@ fn check_platform(
 /// Unpack an oci-archive tar: only `oci-layout`, `index.json` and regular files under `blobs/`
 /// with safe relative names are taken; anything else is refused.
 fn unpack_layout_archive(tar: &Path, dest: &Path) -> Result<(), Error> {
-    let f = std::fs::File::open(tar)
-        .map_err(|e| Error::Other(format!("opening {}: {e}", tar.display())))?;
+    let f = std::fs::File::open(tar).map_err(io_err("opening", tar))?;
     let mut archive = tar::Archive::new(f);
-    let entries = archive
-        .entries()
-        .map_err(|e| Error::Other(format!("reading {}: {e}", tar.display())))?;
+    let entries = archive.entries().map_err(io_err("reading", tar))?;
     for entry in entries {
-        let mut entry =
-            entry.map_err(|e| Error::Other(format!("reading {}: {e}", tar.display())))?;
-        let path = entry
-            .path()
-            .map_err(|e| Error::Other(format!("reading {}: {e}", tar.display())))?
-            .into_owned();
+        let mut entry = entry.map_err(io_err("reading", tar))?;
+        let path = entry.path().map_err(io_err("reading", tar))?.into_owned();
         let rel: PathBuf = path
             .components()
             .filter(|c| !matches!(c, std::path::Component::CurDir))
@@ -678,10 +670,8 @@ fn unpack_layout_archive(tar: &Path, dest: &Path) -> Result<(), Error> {
         if let Some(parent) = out.parent() {
             fsutil::create_dir_all(parent)?;
         }
-        let mut w = std::fs::File::create(&out)
-            .map_err(|e| Error::Other(format!("writing {}: {e}", out.display())))?;
-        std::io::copy(&mut entry, &mut w)
-            .map_err(|e| Error::Other(format!("extracting {}: {e}", path.display())))?;
+        let mut w = std::fs::File::create(&out).map_err(io_err("writing", &out))?;
+        std::io::copy(&mut entry, &mut w).map_err(io_err("extracting", &path))?;
     }
     Ok(())
 }
