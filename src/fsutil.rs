@@ -29,6 +29,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The action, path and cause, for modules that keep their own I/O variant.
+    #[must_use]
+    pub fn into_parts(self) -> (&'static str, PathBuf, io::Error) {
+        match self {
+            Error::Io {
+                action,
+                path,
+                source,
+            } => (action, path, source),
+        }
+    }
+
     /// The underlying I/O error.
     #[must_use]
     pub fn io(&self) -> &io::Error {

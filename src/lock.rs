@@ -86,11 +86,7 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 
 impl From<fsutil::Error> for Error {
     fn from(e: fsutil::Error) -> Self {
-        let fsutil::Error::Io {
-            action,
-            path,
-            source,
-        } = e;
+        let (action, path, source) = e.into_parts();
         Error::Io {
             action,
             path,

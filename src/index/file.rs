@@ -79,11 +79,7 @@ impl Error {
 
 impl From<fsutil::Error> for Error {
     fn from(e: fsutil::Error) -> Self {
-        let fsutil::Error::Io {
-            action,
-            path,
-            source,
-        } = e;
+        let (action, path, source) = e.into_parts();
         Error::Io {
             action,
             path,

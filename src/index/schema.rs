@@ -183,14 +183,17 @@ mod tests {
 
     #[test]
     fn cocoon_fixtures_parse_and_round_trip() {
-        let root = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/cocoon-v0.3.7"
-        );
-        let Ok(oci) = std::fs::read_to_string(format!("{root}/oci/db/images.json")) else {
-            // The fixtures live beside the repository; tests/it checks them too.
-            return;
-        };
+        // The fixtures live in shared/ beside the repository; IMGSTORE_FIXTURES points
+        // elsewhere (e.g. from a worktree).
+        let root = std::env::var("IMGSTORE_FIXTURES").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../shared/fixtures/cocoon-v0.3.7"
+            )
+            .to_owned()
+        });
+        let oci = std::fs::read_to_string(format!("{root}/oci/db/images.json"))
+            .unwrap_or_else(|e| panic!("cocoon fixtures not found under {root}: {e}"));
         let idx: IndexFile<OciEntry> = serde_json::from_str(&oci).unwrap();
         assert_eq!(idx.entries().count(), 2);
         let out = serde_json::to_string(&idx).unwrap() + "\n";

@@ -7,21 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::oci_image::pseudo_random;
 use imgstore::digest::{Digest, DualHasher};
 use imgstore::ingest::{self, Error, Expected};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn entries(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
@@ -49,7 +37,7 @@ fn sums_match_one_shot_and_cli_tools() {
     let src_dir = tempfile::tempdir().unwrap();
     let temp = tempfile::tempdir().unwrap();
     // Not a multiple of the pipeline buffer, so the last chunk is partial.
-    let data = noise((13 << 20) + 12_345, 42);
+    let data = pseudo_random((13 << 20) + 12_345, 42);
     let src = src_dir.path().join("image.raw");
     fs::write(&src, &data).unwrap();
 
@@ -87,7 +75,7 @@ fn sums_match_one_shot_and_cli_tools() {
 #[test]
 fn staged_descriptor_reads_normally() {
     let temp = tempfile::tempdir().unwrap();
-    let data = noise(4 << 20, 21);
+    let data = pseudo_random(4 << 20, 21);
     let mut staged = ingest::stage(
         temp.path(),
         &data[..],
@@ -106,7 +94,7 @@ fn staged_descriptor_reads_normally() {
 #[test]
 fn expected_digests_of_each_algorithm_are_accepted() {
     let temp = tempfile::tempdir().unwrap();
-    let data = noise(3 << 20, 9);
+    let data = pseudo_random(3 << 20, 9);
     let src = temp.path().join("src");
     fs::write(&src, &data).unwrap();
     let hex512 = tool_hex("sha512sum", &src);
@@ -128,7 +116,7 @@ fn expected_digests_of_each_algorithm_are_accepted() {
 #[test]
 fn digest_mismatch_fails_and_leaves_nothing() {
     let temp = tempfile::tempdir().unwrap();
-    let data = noise(5 << 20, 1);
+    let data = pseudo_random(5 << 20, 1);
     let wrong = Digest::sha256_of(b"something else");
     let expected = Expected {
         digest: Some(wrong),
@@ -196,7 +184,7 @@ fn too_large_stops_early_and_leaves_nothing() {
 #[test]
 fn wrong_size_fails_and_leaves_nothing() {
     let temp = tempfile::tempdir().unwrap();
-    let data = noise(2 << 20, 4);
+    let data = pseudo_random(2 << 20, 4);
     for (size, stops_at) in [(data.len() as u64 + 10, data.len() as u64), (1000, 1001)] {
         let expected = Expected {
             size: Some(size),
@@ -260,7 +248,7 @@ fn read_error_names_the_source_and_leaves_nothing() {
 #[test]
 fn panic_in_a_worker_leaves_nothing() {
     let temp = tempfile::tempdir().unwrap();
-    let data = noise(6 << 20, 8);
+    let data = pseudo_random(6 << 20, 8);
     // The progress callback runs on the writing thread: make it panic there mid-stream.
     let progress = |n: u64| assert!(n < 2 << 20, "boom at {n}");
     let result = std::panic::catch_unwind(|| {
@@ -281,7 +269,7 @@ fn panic_in_a_worker_leaves_nothing() {
 fn split_parts_equal_the_concatenation() {
     let src_dir = tempfile::tempdir().unwrap();
     let temp = tempfile::tempdir().unwrap();
-    let data = noise((7 << 20) + 3, 77);
+    let data = pseudo_random((7 << 20) + 3, 77);
     // Uneven parts, one of them empty, one boundary inside a pipeline buffer.
     let cuts = [0, 1_500_000, 1_500_000, 6_000_001, data.len()];
     let mut parts = Vec::new();

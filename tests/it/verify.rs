@@ -3,22 +3,9 @@
 use std::fs;
 use std::path::Path;
 
+use crate::oci_image::pseudo_random;
 use imgstore::digest::{Algorithm, Digest};
 use imgstore::verify::{self, Check, Outcome};
-
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn check(path: &Path, size: Option<u64>, expected: Option<Digest>) -> Check {
     Check {
@@ -33,7 +20,7 @@ fn good_files_verify_with_both_algorithms() {
     let dir = tempfile::tempdir().unwrap();
     // Below the mmap threshold, and well above it.
     for (name, len) in [("small", 100_000usize), ("large", 9 << 20)] {
-        let data = noise(len, len as u64);
+        let data = pseudo_random(len, len as u64);
         let p = dir.path().join(name);
         fs::write(&p, &data).unwrap();
         for expected in [Digest::sha256_of(&data), Digest::blake3_of(&data)] {
@@ -52,7 +39,7 @@ fn good_files_verify_with_both_algorithms() {
 #[test]
 fn sha512_is_supported() {
     let dir = tempfile::tempdir().unwrap();
-    let data = noise(3 << 20, 5);
+    let data = pseudo_random(3 << 20, 5);
     let p = dir.path().join("f");
     fs::write(&p, &data).unwrap();
     let out = std::process::Command::new("sha512sum")
@@ -71,7 +58,7 @@ fn sha512_is_supported() {
 fn flipped_byte_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     for len in [50_000usize, 9 << 20] {
-        let mut data = noise(len, 7);
+        let mut data = pseudo_random(len, 7);
         let good = [Digest::sha256_of(&data), Digest::blake3_of(&data)];
         data[len / 2] ^= 0x01;
         let p = dir.path().join(format!("f{len}"));
@@ -91,7 +78,7 @@ fn flipped_byte_is_corrupt() {
 #[test]
 fn wrong_size_is_reported_before_hashing() {
     let dir = tempfile::tempdir().unwrap();
-    let data = noise(10_000, 3);
+    let data = pseudo_random(10_000, 3);
     let p = dir.path().join("f");
     fs::write(&p, &data[..6_000]).unwrap();
     let outcome =
@@ -175,7 +162,7 @@ fn verify_all_keeps_input_order() {
         } else {
             1000 + i as usize * 37
         };
-        let data = noise(len, i + 11);
+        let data = pseudo_random(len, i + 11);
         let p = dir.path().join(format!("b{i}"));
         let algo_digest = if i % 2 == 0 {
             Digest::sha256_of(&data)
@@ -224,7 +211,7 @@ fn unmappable_input_falls_back_to_reads() {
         .status()
         .unwrap();
     assert!(status.success());
-    let data = noise(3 << 20, 99);
+    let data = pseudo_random(3 << 20, 99);
     let writer = {
         let (fifo, data) = (fifo.clone(), data.clone());
         std::thread::spawn(move || fs::write(fifo, data).unwrap())
