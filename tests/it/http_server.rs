@@ -163,9 +163,10 @@ impl Drop for Server {
     }
 }
 
-/// A URL on 127.0.0.1 where nothing listens (the port was just released), for refused connections.
+/// A URL where nothing listens, for refused connections: a port just released on 127.0.0.2,
+/// an address no test server binds, so a parallel test cannot take the port in between.
 pub fn refused_url(path: &str) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    let listener = TcpListener::bind("127.0.0.2:0").expect("binding 127.0.0.2:0");
     let addr = listener.local_addr().expect("local_addr");
     drop(listener);
     format!("http://{addr}{path}")
