@@ -32,8 +32,8 @@ use crate::digest::{is_hex64, Digest};
 use crate::fsutil;
 use crate::index::file::Db;
 use crate::index::{CloudEntry, OciEntry};
+use crate::layout::{BackendLayout, Kind, Layout};
 use crate::lock::{self, LockWait};
-use crate::store::{BackendLayout, Kind, Layout};
 
 /// Something outside the store that keeps blobs alive: VMs, snapshots, … The embedding VM
 /// manager implements it. An error aborts the collection: unknown means in use.

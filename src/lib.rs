@@ -49,6 +49,7 @@ pub mod fsutil;
 pub mod gc;
 pub mod index;
 pub mod ingest;
+pub mod layout;
 pub mod lock;
 pub mod lookup;
 pub mod reference;
@@ -56,5 +57,5 @@ pub mod store;
 pub mod verify;
 
 pub use digest::{Algorithm, Digest, Prefix};
+pub use layout::{Kind, Layout};
 pub use reference::Reference;
-pub use store::{Kind, Layout};

@@ -17,7 +17,7 @@ use std::fmt;
 
 use crate::digest::prefix::MIN_HEX_LEN;
 use crate::digest::{Algorithm, Digest, Prefix};
-use crate::store::Kind;
+use crate::layout::Kind;
 
 /// One index entry as lookup sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,7 +465,7 @@ mod model {
 
     use super::{looks_like_short_prefix, Item, Outcome};
     use crate::digest::{Digest, Prefix};
-    use crate::store::Kind;
+    use crate::layout::Kind;
 
     pub(super) fn resolve(items: &[Item], query: &str, canonical: Option<&str>) -> Outcome {
         let mut images: BTreeMap<(Kind, Digest), Vec<String>> = BTreeMap::new();

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil;
 use crate::index::schema::{Entry, IndexFile};
+use crate::layout::BackendLayout;
 use crate::lock::{self, LockGuard, LockWait, Mode};
-use crate::store::layout::BackendLayout;
 
 /// Mode of `images.json`, as cocoon writes it.
 const INDEX_MODE: u32 = 0o644;

@@ -7,7 +7,6 @@
 //! final commit).
 
 mod cloud;
-pub mod layout;
 mod oci;
 
 use std::path::{Path, PathBuf};
@@ -26,8 +25,8 @@ use crate::lookup::{self, Item, Lookup};
 use crate::reference::Reference;
 use crate::verify::{self, Check, Outcome};
 
+pub use crate::layout::{default_root, BackendLayout, Kind, Layout};
 pub use cloud::{CloudSource, PullOutcome};
-pub use layout::{default_root, BackendLayout, Kind, Layout};
 pub use oci::OciSource;
 
 /// Errors of the Store facade. Each names the image, file or URL involved.
