@@ -14,14 +14,13 @@
 //!   lock file this run already holds (one per batch): anyone who opens that path locks the
 //!   held inode and waits or fails, exactly as with a lock file of its own, and the name is
 //!   removed before the batch lock is released. A crash leaves unlocked multi-name lock files;
-//!   [`crate::lock::lock_deletable`] drops such a name instead of sharing it, and the next run
+//!   the deletable-lock protocol (`lock::lock_deletable`) drops such a name instead of sharing it, and the next run
 //!   sweeps them;
 //! - temp entries in use are held under `flock` by their owner and are skipped.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -37,6 +36,31 @@ use crate::lock::{self, LockWait};
 
 /// Something outside the store that keeps blobs alive: VMs, snapshots, … The embedding VM
 /// manager implements it. An error aborts the collection: unknown means in use.
+///
+/// ```
+/// use imgstore::{Digest, GcOptions, PinSource, Store};
+///
+/// /// The disks of the VMs a manager runs, which must survive `gc` even if their image is removed.
+/// struct RunningVms(Vec<Digest>);
+///
+/// impl PinSource for RunningVms {
+///     fn name(&self) -> String {
+///         "running VMs".to_owned()
+///     }
+///     fn pinned(&self) -> Result<Vec<Digest>, Box<dyn std::error::Error + Send + Sync>> {
+///         Ok(self.0.clone())
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let root = tempfile::tempdir()?;
+/// let store = Store::open(root.path())?;
+/// let vms = RunningVms(vec![Digest::sha256_of(b"a layer in use")]);
+/// let report = store.gc(&GcOptions::default(), &[&vms])?;
+/// assert!(report.blobs.is_empty()); // an empty store has nothing to collect
+/// # Ok(())
+/// # }
+/// ```
 pub trait PinSource: Sync {
     /// A short name for reports and errors.
     fn name(&self) -> String;
@@ -88,8 +112,10 @@ pub enum Error {
 /// moment (deterministic races).
 #[doc(hidden)]
 #[derive(Clone)]
-pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
+#[cfg(feature = "unstable")]
+pub struct Hook(pub std::sync::Arc<dyn Fn() + Send + Sync>);
 
+#[cfg(feature = "unstable")]
 impl std::fmt::Debug for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Hook")
@@ -109,6 +135,7 @@ pub struct GcOptions {
     pub lock_wait: LockWait,
     /// Test seam: run after the mark and before the sweep.
     #[doc(hidden)]
+    #[cfg(feature = "unstable")]
     pub after_mark: Option<Hook>,
 }
 
@@ -119,6 +146,7 @@ impl Default for GcOptions {
             temp_grace: Duration::from_secs(3600),
             dry_run: false,
             lock_wait: LockWait::timeout(Duration::from_secs(60)),
+            #[cfg(feature = "unstable")]
             after_mark: None,
         }
     }
@@ -241,6 +269,7 @@ pub fn collect(
         })?;
         live.extend(digests.into_iter().map(|d| d.first32()));
     }
+    #[cfg(feature = "unstable")]
     if let Some(hook) = &opts.after_mark {
         (hook.0)();
     }
@@ -558,11 +587,11 @@ fn sweep_one(
         if let Some(blob) = &f.blob {
             fsutil::remove_file(blob)?;
         }
-        crate::failpoint::hit("gc.after_delete_blob");
+        failpoint!("gc.after_delete_blob");
         if let Some(boot) = &f.boot {
             remove_boot_dir(b, boot)?;
         }
-        crate::failpoint::hit("gc.after_delete_boot");
+        failpoint!("gc.after_delete_boot");
     }
     report.lock().blobs.push(Collected {
         kind: f.kind,

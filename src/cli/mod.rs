@@ -175,7 +175,7 @@ fn open(
         .clone()
         .unwrap_or_else(imgstore::store::default_root);
     let mut opts = StoreOptions {
-        lock_wait: imgstore::lock::LockWait::timeout(cli.lock_timeout),
+        lock_wait: imgstore::LockWait::timeout(cli.lock_timeout),
         on_wait: Some(progress::on_wait()),
         progress: progress::reporter(),
         firmware,

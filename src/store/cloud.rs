@@ -198,7 +198,7 @@ impl Store {
             }
         };
 
-        crate::failpoint::hit("cloud.before_commit");
+        failpoint!("cloud.before_commit");
         let w = self.on_wait();
         self.cloud_db().update(self.opts.lock_wait, &w, |idx| {
             let entry = match idx.get(name) {

@@ -37,6 +37,28 @@ pub use remove::Removed;
 pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Snapshot};
 pub use verify::VerifyEntry;
 
+pub use crate::backend::cloudimg::Limits as CloudLimits;
+pub use crate::backend::oci::registry::{ClientOptions as RegistryOptions, Credentials, Platform};
+/// Remove every temp file and directory this process still holds, for a signal handler about to
+/// exit without running destructors (what the CLI does on Ctrl-C). A temp entry another thread
+/// creates after this call is removed as soon as it is created.
+pub use crate::fsutil::remove_live_temps;
+pub use crate::lock::LockWait;
+
+/// The errors of the layers under the facade, as the variants of [`Error`] carry them: named
+/// here so a caller can match on them too. Their variants may grow (`#[non_exhaustive]`).
+pub mod error {
+    pub use crate::backend::cloudimg::Error as CloudError;
+    pub use crate::backend::oci::erofs::Error as LayerError;
+    pub use crate::backend::oci::registry::Error as RegistryError;
+    pub use crate::fsutil::Error as FsError;
+    pub use crate::index::file::Error as IndexError;
+    pub use crate::ingest::Error as IngestError;
+    pub use crate::lock::Error as LockError;
+    pub use crate::lookup::{Candidate, Error as LookupError};
+    pub use crate::verify::Error as VerifyError;
+}
+
 /// Errors of the Store facade. Each names the image, file or URL involved.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -165,6 +187,28 @@ pub(crate) fn io_err<'a>(
 }
 
 /// An image store rooted at one directory.
+///
+/// Cheap to open (nothing is read or created until a verb needs it) and safe to use from
+/// several threads and processes at once: every verb takes the locks it needs (docs/design.md §2).
+///
+/// ```
+/// use std::time::Duration;
+/// use imgstore::{LockWait, Store, StoreOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let root = tempfile::tempdir()?;
+/// let opts = StoreOptions {
+///     lock_wait: LockWait::timeout(Duration::from_secs(5)),
+///     ..StoreOptions::default()
+/// };
+/// let store = Store::open_opts(root.path(), opts)?;
+/// assert!(store.list()?.is_empty());
+/// // Asking for an image that is not there is an error naming the query.
+/// let err = store.config(&["ubuntu:24.04"]).unwrap_err();
+/// assert!(err.to_string().contains("ubuntu:24.04"), "{err}");
+/// # Ok(())
+/// # }
+/// ```
 pub struct Store {
     layout: Layout,
     opts: StoreOptions,

@@ -233,9 +233,9 @@ impl Store {
                 fsutil::publish_dir_noclobber(&staged.boot, &dest)?;
             }
         }
-        crate::failpoint::hit("oci.after_boot_publish");
+        failpoint!("oci.after_boot_publish");
         let sums = self.publish_blob(Kind::Oci, digest, &staged.blob, sums)?;
-        crate::failpoint::hit("publish.after_rename");
+        failpoint!("publish.after_rename");
         Ok(sums)
     }
 

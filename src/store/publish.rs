@@ -39,7 +39,7 @@ impl Store {
         std::fs::File::open(src)
             .and_then(|f| f.sync_all())
             .map_err(io_err("syncing", src))?;
-        crate::failpoint::hit("publish.before_rename");
+        failpoint!("publish.before_rename");
         match fsutil::publish_noclobber(src, &dest)? {
             fsutil::Published::New => Ok(sums),
             fsutil::Published::Existing => {

@@ -16,7 +16,7 @@ pub(crate) fn run(cli: &Cli, dry_run: bool, grace: Duration) -> Result<ExitCode>
     let opts = GcOptions {
         grace,
         dry_run,
-        lock_wait: imgstore::lock::LockWait::timeout(cli.lock_timeout),
+        lock_wait: imgstore::LockWait::timeout(cli.lock_timeout),
         ..GcOptions::default()
     };
     let report = store.gc(&opts, &[])?;
