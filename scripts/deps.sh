@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the OS tools imgstore's tests and example use (Debian). Idempotent; needs root or sudo.
 set -euo pipefail
-pkgs=(erofs-utils qemu-utils docker-registry skopeo umoci b3sum openssl zstd e2fsprogs apache2-utils)
+pkgs=(erofs-utils qemu-utils docker-registry skopeo umoci b3sum openssl zstd e2fsprogs apache2-utils binutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo clippy --no-default-features --lib -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+# A release build must carry no test hooks: the failpoints compile only under the `unstable`
+# feature (tests, benches, fuzz), so neither the variable nor any point name is in the binary.
+cargo build --release --bin imgstore
+if strings target/release/imgstore | grep -E 'IMGSTORE_FAILPOINT|ingest\.staged|publish\.(before|after)_rename|gc\.after_delete'; then
+    echo "error: the release binary contains failpoints" >&2
+    exit 1
+fi
 cargo bench --no-run
 (cd fuzz && cargo build --bins)
 cargo test 2>&1 | tee target/test-output.txt

@@ -112,6 +112,21 @@ pub enum Error {
 }
 
 /// A digest: algorithm plus its bytes. `Copy`, compared and ordered by algorithm then bytes.
+///
+/// ```
+/// use imgstore::{Algorithm, Digest, Prefix};
+///
+/// let d = Digest::sha256_of(b"hello");
+/// assert_eq!(d.algorithm(), Algorithm::Sha256);
+/// let text = d.to_string(); // "sha256:2cf24dba…"
+/// assert_eq!(text.parse::<Digest>()?, d);
+/// // An abbreviation of 12 or more hex digits finds it again.
+/// let p = Prefix::parse(&d.hex()[..12]).expect("12 hex digits are a valid prefix");
+/// assert!(p.matches(&d));
+/// // Parsing is strict: uppercase hex is refused.
+/// assert!(Digest::parse(&text.to_uppercase()).is_err());
+/// # Ok::<(), imgstore::digest::Error>(())
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
     algorithm: Algorithm,
@@ -347,7 +362,7 @@ impl<'de> serde::Deserialize<'de> for Digest {
 
 /// sha256 and blake3 of one byte stream, computed together.
 ///
-/// For large streams, [`crate::ingest`] runs the two hashers on separate threads; this type is the
+/// For large streams, ingest runs the two hashers on separate threads; this type is the
 /// simple single-threaded form used for small inputs and tests.
 #[derive(Default, Clone)]
 pub struct DualHasher {

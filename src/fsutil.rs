@@ -322,6 +322,7 @@ impl TempFile {
 
     /// A temp file for a tool to overwrite (e.g. `qemu-img convert`): created empty and held
     /// like any other, removed on drop.
+    #[cfg(feature = "unstable")]
     pub fn path_in(dir: &Path, prefix: &str) -> Result<Self, Error> {
         Self::create_in(dir, prefix)
     }
@@ -352,6 +353,7 @@ impl TempFile {
 
     /// Keep the file: it is no longer deleted on drop. Returns its path.
     #[must_use]
+    #[cfg(feature = "unstable")]
     pub fn persist(mut self) -> PathBuf {
         untrack(&self.path);
         self.file = None;
@@ -397,6 +399,7 @@ impl TempDir {
     }
 
     /// Stop tracking the directory (it was renamed away).
+    #[cfg(feature = "unstable")]
     pub fn forget(mut self) {
         untrack(&self.path);
         self.path = PathBuf::new();

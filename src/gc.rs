@@ -14,29 +14,58 @@
 //!   lock file this run already holds (one per batch): anyone who opens that path locks the
 //!   held inode and waits or fails, exactly as with a lock file of its own, and the name is
 //!   removed before the batch lock is released. A crash leaves unlocked multi-name lock files;
-//!   [`crate::lock::lock_deletable`] drops such a name instead of sharing it, and the next run
+//!   the deletable-lock protocol (`lock::lock_deletable`) drops such a name instead of sharing it, and the next run
 //!   sweeps them;
 //! - temp entries in use are held under `flock` by their owner and are skipped.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
 use rayon::prelude::*;
-use serde::Serialize;
 
 use crate::digest::{is_hex64, Digest};
 use crate::fsutil;
 use crate::index::file::Db;
 use crate::index::{CloudEntry, OciEntry};
+use crate::layout::{BackendLayout, Kind, Layout};
 use crate::lock::{self, LockWait};
-use crate::store::{BackendLayout, Kind, Layout};
+
+mod report;
+
+#[cfg(feature = "unstable")]
+pub use report::Hook;
+pub use report::{Collected, GcOptions, GcReport, SkipReason, Skipped, TempRemoved};
 
 /// Something outside the store that keeps blobs alive: VMs, snapshots, … The embedding VM
 /// manager implements it. An error aborts the collection: unknown means in use.
+///
+/// ```
+/// use imgstore::{Digest, GcOptions, PinSource, Store};
+///
+/// /// The disks of the VMs a manager runs, which must survive `gc` even if their image is removed.
+/// struct RunningVms(Vec<Digest>);
+///
+/// impl PinSource for RunningVms {
+///     fn name(&self) -> String {
+///         "running VMs".to_owned()
+///     }
+///     fn pinned(&self) -> Result<Vec<Digest>, Box<dyn std::error::Error + Send + Sync>> {
+///         Ok(self.0.clone())
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let root = tempfile::tempdir()?;
+/// let store = Store::open(root.path())?;
+/// let vms = RunningVms(vec![Digest::sha256_of(b"a layer in use")]);
+/// let report = store.gc(&GcOptions::default(), &[&vms])?;
+/// assert!(report.blobs.is_empty()); // an empty store has nothing to collect
+/// # Ok(())
+/// # }
+/// ```
 pub trait PinSource: Sync {
     /// A short name for reports and errors.
     fn name(&self) -> String;
@@ -82,109 +111,6 @@ pub enum Error {
         #[source]
         source: lock::Error,
     },
-}
-
-/// A callback run by [`collect`] at a fixed step; tests use it to change the store at that
-/// moment (deterministic races).
-#[doc(hidden)]
-#[derive(Clone)]
-pub struct Hook(pub Arc<dyn Fn() + Send + Sync>);
-
-impl std::fmt::Debug for Hook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hook")
-    }
-}
-
-/// Options of one collection.
-#[derive(Debug, Clone)]
-pub struct GcOptions {
-    /// Unreferenced blobs younger than this (by mtime) are kept. Default: 1 hour.
-    pub grace: Duration,
-    /// Temp entries younger than this are kept. Default: 1 hour.
-    pub temp_grace: Duration,
-    /// Report only; delete nothing.
-    pub dry_run: bool,
-    /// How long to wait for the index locks while marking.
-    pub lock_wait: LockWait,
-    /// Test seam: run after the mark and before the sweep.
-    #[doc(hidden)]
-    pub after_mark: Option<Hook>,
-}
-
-impl Default for GcOptions {
-    fn default() -> Self {
-        Self {
-            grace: Duration::from_secs(3600),
-            temp_grace: Duration::from_secs(3600),
-            dry_run: false,
-            lock_wait: LockWait::timeout(Duration::from_secs(60)),
-            after_mark: None,
-        }
-    }
-}
-
-/// A blob (and its boot dir) that was collected, or would be in a dry run.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Collected {
-    /// Backend.
-    #[serde(rename = "type")]
-    pub kind: Kind,
-    /// Key digest.
-    pub digest: Digest,
-    /// Bytes freed (blob plus boot files).
-    pub bytes: u64,
-}
-
-/// A temp entry that was removed, or would be in a dry run.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TempRemoved {
-    /// The entry.
-    pub path: PathBuf,
-    /// Bytes freed.
-    pub bytes: u64,
-}
-
-/// Why an entry was left alone.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum SkipReason {
-    /// Younger than the grace period.
-    TooNew,
-    /// Its digest lock is held: an ingest is in flight.
-    Busy,
-    /// An index named it when re-checked under the digest lock.
-    Referenced,
-    /// The name is not `<64 hex>.<ext>`: not ours to judge.
-    UnknownName,
-    /// A temp entry held by a live process.
-    InUse,
-}
-
-/// An entry left alone, and why.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Skipped {
-    /// The entry.
-    pub path: PathBuf,
-    /// Why.
-    pub reason: SkipReason,
-}
-
-/// What a collection did (or, in a dry run, would do).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct GcReport {
-    /// True if nothing was deleted.
-    pub dry_run: bool,
-    /// Blobs collected.
-    pub blobs: Vec<Collected>,
-    /// Bytes freed by blobs and their boot files.
-    pub bytes_freed: u64,
-    /// Temp entries removed.
-    pub temp: Vec<TempRemoved>,
-    /// Entries left alone, with reasons.
-    pub skipped: Vec<Skipped>,
-    /// Wall time of the run in milliseconds.
-    pub duration_ms: u64,
 }
 
 /// One directory entry found by the scan.
@@ -241,6 +167,7 @@ pub fn collect(
         })?;
         live.extend(digests.into_iter().map(|d| d.first32()));
     }
+    #[cfg(feature = "unstable")]
     if let Some(hook) = &opts.after_mark {
         (hook.0)();
     }
@@ -558,11 +485,11 @@ fn sweep_one(
         if let Some(blob) = &f.blob {
             fsutil::remove_file(blob)?;
         }
-        crate::failpoint::hit("gc.after_delete_blob");
+        failpoint!("gc.after_delete_blob");
         if let Some(boot) = &f.boot {
             remove_boot_dir(b, boot)?;
         }
-        crate::failpoint::hit("gc.after_delete_boot");
+        failpoint!("gc.after_delete_boot");
     }
     report.lock().blobs.push(Collected {
         kind: f.kind,

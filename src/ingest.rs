@@ -174,12 +174,14 @@ impl<R: Read> Source for NamedReader<'_, R> {
 }
 
 /// Parts read one after the other; a read error names the part.
+#[cfg(feature = "unstable")]
 struct Parts<'a> {
     paths: &'a [PathBuf],
     files: Vec<File>,
     current: usize,
 }
 
+#[cfg(feature = "unstable")]
 impl Source for Parts<'_> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         while let Some(file) = self.files.get_mut(self.current) {
@@ -231,6 +233,7 @@ pub fn stage(
 }
 
 /// Like [`stage`] over several files concatenated in order (split cloud images).
+#[cfg(feature = "unstable")]
 pub fn stage_files(
     temp_dir: &Path,
     parts: &[PathBuf],
@@ -307,7 +310,7 @@ fn stage_source(
     // Checked before the fsync so a bad download costs no disk flush; the temp file is not
     // trusted by anyone until `Staged` is returned.
     temp.sync()?;
-    crate::failpoint::hit("ingest.staged");
+    failpoint!("ingest.staged");
     Ok(Staged { temp, sums })
 }
 

@@ -5,11 +5,11 @@
 //! memory-mapped parallel hashing, and found by any unique digest prefix. The on-disk layout and
 //! index files are those of cocoon v0.3.7, so an existing cocoon root opens as-is.
 //!
-//! The boot path of a VM manager is [`store::Store::open`] then [`store::Store::config`]: two
-//! index reads under shared locks, a lookup, and a size check of every file the VM will use.
+//! The boot path of a VM manager is [`Store::open`] then [`Store::config`]: two index reads
+//! under shared locks, a lookup, and a size check of every file the VM will use.
 //!
 //! ```
-//! use imgstore::store::Store;
+//! use imgstore::Store;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let root = tempfile::tempdir()?;
@@ -40,21 +40,64 @@
 //! # Cargo features
 //! - `cli` (default): the `imgstore` binary, with clap, indicatif and signal-hook. Embedders use
 //!   `default-features = false` and get the library alone.
+//! - `unstable`: makes the internal modules public (fsutil, ingest, lock, index, lookup, verify,
+//!   backend, failpoint) and compiles in the crash-test failpoints (`IMGSTORE_FAILPOINT`). It
+//!   exists for imgstore's own tests, benches and fuzz targets: **no semver promise**, and never
+//!   for a production build. Without it the failpoints are not in the binary at all.
+//!
+//! # Public API
+//! - [`store`]: the facade ([`Store`], [`StoreOptions`], the types its verbs return, its
+//!   [`store::Error`]);
+//! - [`digest`]: [`Digest`], [`Algorithm`], [`Prefix`];
+//! - [`reference`](mod@reference): [`Reference`], the OCI reference grammar;
+//! - [`gc`]: [`PinSource`], [`GcOptions`], [`GcReport`];
+//! - [`layout`]: [`Kind`], [`Layout`], the on-disk paths.
 
-pub mod backend;
+/// Die here when `IMGSTORE_FAILPOINT` names this point (crash tests). Expands to nothing without
+/// the `unstable` feature, so release builds carry neither the check nor the names.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "unstable")]
+        $crate::failpoint::hit($name);
+    };
+}
+
+/// Internal modules: crate-private, public (hidden, no semver promise) under `unstable`.
+macro_rules! internal {
+    ($($(#[$meta:meta])* $name:ident;)*) => {$(
+        $(#[$meta])*
+        #[cfg(feature = "unstable")]
+        #[doc(hidden)]
+        pub mod $name;
+        $(#[$meta])*
+        #[cfg(not(feature = "unstable"))]
+        pub(crate) mod $name;
+    )*};
+}
+
 pub mod digest;
-#[doc(hidden)]
-pub mod failpoint;
-pub mod fsutil;
 pub mod gc;
-pub mod index;
-pub mod ingest;
-pub mod lock;
-pub mod lookup;
+pub mod layout;
 pub mod reference;
 pub mod store;
-pub mod verify;
+
+internal! {
+    backend;
+    fsutil;
+    index;
+    ingest;
+    lock;
+    lookup;
+    verify;
+}
+
+#[cfg(feature = "unstable")]
+#[doc(hidden)]
+pub mod failpoint;
 
 pub use digest::{Algorithm, Digest, Prefix};
+pub use gc::{GcOptions, GcReport, PinSource};
+pub use layout::{Kind, Layout};
+pub use lock::LockWait;
 pub use reference::Reference;
-pub use store::{Kind, Layout};
+pub use store::{Store, StoreOptions};

@@ -1,6 +1,8 @@
-//! Command-line interface: argument parsing, tables, JSON, progress bars, exit codes.
+//! Command-line interface: argument parsing, tables, JSON, progress bars, exit codes. Each
+//! command is one function in its own file under `cmd/`.
 //! No storage logic lives here: every command is one call into [`imgstore::store::Store`].
 
+mod cmd;
 mod output;
 mod progress;
 
@@ -12,12 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use imgstore::gc::GcOptions;
-use imgstore::reference::Reference;
 use imgstore::store::{Store, StoreOptions};
-use imgstore::{Algorithm, Kind};
-
-use output::{print_json, Table};
 
 /// A content-addressed store for VM images (OCI layers as EROFS, cloud images as qcow2).
 #[derive(Parser, Debug)]
@@ -178,7 +175,7 @@ fn open(
         .clone()
         .unwrap_or_else(imgstore::store::default_root);
     let mut opts = StoreOptions {
-        lock_wait: imgstore::lock::LockWait::timeout(cli.lock_timeout),
+        lock_wait: imgstore::LockWait::timeout(cli.lock_timeout),
         on_wait: Some(progress::on_wait()),
         progress: progress::reporter(),
         firmware,
@@ -191,320 +188,29 @@ fn open(
     Store::open_opts(root, opts).context("opening store")
 }
 
-// One arm per command, each a call into the store plus its output; splitting it would only
-// scatter the command table.
-#[allow(clippy::too_many_lines)]
+/// Run one command; each lives in its own file under `cmd/`.
 fn run(cli: &Cli) -> Result<ExitCode> {
-    let json = cli.output == Format::Json;
     match &cli.command {
-        Command::Ref { refs } => Ok(cmd_ref(refs, json)),
+        Command::Ref { refs } => Ok(cmd::reference::run(refs, cli.json())),
         Command::Pull {
             refs,
             force,
             insecure,
             max_size,
-        } => {
-            let store = open(cli, None, insecure, *max_size)?;
-            let mut rows = Vec::new();
-            for r in refs {
-                let out = if r.starts_with("http://") || r.starts_with("https://") {
-                    store.pull_cloud(r, *force)
-                } else {
-                    store.pull_oci(r, *force)
-                }
-                .with_context(|| format!("pulling {r}"))?;
-                progress::clear();
-                rows.push(out);
-            }
-            if json {
-                print_json(&rows)?;
-            } else {
-                for o in rows {
-                    print_outcome(&o);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Import { name, files, kind } => {
-            let store = open(cli, None, &[], None)?;
-            let kind = match kind {
-                Some(TypeArg::Oci) => Some(Kind::Oci),
-                Some(TypeArg::Cloudimg) => Some(Kind::CloudImg),
-                None => None,
-            };
-            let out = store
-                .import(name, files, kind)
-                .with_context(|| format!("importing {name}"))?;
-            progress::clear();
-            if json {
-                print_json(&out)?;
-            } else {
-                print_outcome(&out);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::List => {
-            let store = open(cli, None, &[], None)?;
-            let rows = store.list()?;
-            if json {
-                print_json(&rows)?;
-            } else {
-                let mut t = Table::new(&["ID", "NAME", "TYPE", "SIZE", "CREATED"]);
-                for r in rows {
-                    t.row(vec![
-                        short_id(&r.id.to_string()),
-                        r.name,
-                        r.kind.to_string(),
-                        human_size(r.size),
-                        r.created_at,
-                    ]);
-                }
-                t.print();
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Inspect { id } => {
-            let store = open(cli, None, &[], None)?;
-            let info = store.inspect(id)?;
-            if json {
-                print_json(&info)?;
-            } else {
-                println!("id:         {}", info.id);
-                println!("type:       {}", info.kind);
-                println!("names:      {}", info.names.join(", "));
-                println!("size:       {} ({})", info.size, human_size(info.size));
-                println!("created_at: {}", info.created_at);
-                let mut t = Table::new(&["ROLE", "SIZE", "BLAKE3", "PATH"]);
-                for b in info.blobs {
-                    t.row(vec![
-                        b.role.to_owned(),
-                        b.size.map_or_else(|| "-".to_owned(), human_size),
-                        b.blake3
-                            .map_or_else(|| "-".to_owned(), |d| short_id(&d.to_string())),
-                        b.path.display().to_string(),
-                    ]);
-                }
-                t.print();
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Rm { ids } => {
-            let store = open(cli, None, &[], None)?;
-            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let removed = store.remove(&ids)?;
-            if json {
-                print_json(&removed)?;
-            } else {
-                for r in removed {
-                    for n in r.names {
-                        println!("removed {n} ({})", short_id(&r.id.to_string()));
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Config { ids, firmware } => {
-            let store = open(cli, firmware.clone(), &[], None)?;
-            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let configs = store.config(&ids)?;
-            if json {
-                print_json(&configs)?;
-            } else {
-                for c in configs {
-                    println!("{} ({}, {})", c.image, c.image_type, c.image_digest);
-                    for d in &c.storage {
-                        println!(
-                            "  disk {} serial={} ro={} role={}",
-                            d.path.display(),
-                            d.serial,
-                            d.ro,
-                            d.role
-                        );
-                    }
-                    match &c.boot {
-                        imgstore::store::Boot::Kernel {
-                            kernel_path,
-                            initrd_path,
-                        } => {
-                            println!("  kernel {}", kernel_path.display());
-                            println!("  initrd {}", initrd_path.display());
-                        }
-                        imgstore::store::Boot::Firmware { firmware_path } => {
-                            println!("  firmware {}", firmware_path.display());
-                        }
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify { ids, sha256 } => {
-            let store = open(cli, None, &[], None)?;
-            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let algo = if *sha256 {
-                Algorithm::Sha256
-            } else {
-                Algorithm::Blake3
-            };
-            let rows = store.verify(&ids, algo)?;
-            let bad = rows
-                .iter()
-                .filter(|r| matches!(r.status, "corrupt" | "missing" | "truncated"))
-                .count();
-            if json {
-                print_json(&rows)?;
-            } else {
-                let mut t = Table::new(&["STATUS", "IMAGE", "ROLE", "PATH", "DETAIL"]);
-                for r in rows {
-                    t.row(vec![
-                        r.status.to_owned(),
-                        r.image,
-                        r.role.to_owned(),
-                        r.path.display().to_string(),
-                        r.detail.unwrap_or_default(),
-                    ]);
-                }
-                t.print();
-            }
-            if bad > 0 {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "error: {bad} blob(s) failed verification"
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Gc { dry_run, grace } => {
-            let store = open(cli, None, &[], None)?;
-            let opts = GcOptions {
-                grace: *grace,
-                dry_run: *dry_run,
-                lock_wait: imgstore::lock::LockWait::timeout(cli.lock_timeout),
-                ..GcOptions::default()
-            };
-            let report = store.gc(&opts, &[])?;
-            if json {
-                print_json(&report)?;
-            } else {
-                let verb = if report.dry_run {
-                    "would remove"
-                } else {
-                    "removed"
-                };
-                for b in &report.blobs {
-                    println!(
-                        "{verb} {} blob {} ({})",
-                        b.kind,
-                        b.digest,
-                        human_size(b.bytes)
-                    );
-                }
-                for t in &report.temp {
-                    println!("{verb} temp {}", t.path.display());
-                }
-                for s in &report.skipped {
-                    println!("skipped {} ({:?})", s.path.display(), s.reason);
-                }
-                println!(
-                    "{verb} {} blob(s), {} freed, {} temp entr(ies); {} skipped; {} ms",
-                    report.blobs.len(),
-                    human_size(report.bytes_freed),
-                    report.temp.len(),
-                    report.skipped.len(),
-                    report.duration_ms
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd::pull::run(cli, refs, *force, insecure, *max_size),
+        Command::Import { name, files, kind } => cmd::import::run(cli, name, files, *kind),
+        Command::List => cmd::list::run(cli),
+        Command::Inspect { id } => cmd::inspect::run(cli, id),
+        Command::Rm { ids } => cmd::rm::run(cli, ids),
+        Command::Config { ids, firmware } => cmd::config::run(cli, ids, firmware.as_ref()),
+        Command::Verify { ids, sha256 } => cmd::verify::run(cli, ids, *sha256),
+        Command::Gc { dry_run, grace } => cmd::gc::run(cli, *dry_run, *grace),
     }
 }
 
-fn cmd_ref(refs: &[String], json: bool) -> ExitCode {
-    let mut ok = true;
-    let mut table = Table::new(&[
-        "INPUT",
-        "CANONICAL",
-        "FAMILIAR",
-        "DOMAIN",
-        "PATH",
-        "TAG",
-        "DIGEST",
-    ]);
-    let mut stdout = std::io::stdout().lock();
-    for input in refs {
-        match Reference::parse(input) {
-            Ok(r) => {
-                if json {
-                    let v = serde_json::json!({
-                        "input": input,
-                        "ok": true,
-                        "domain": r.domain(),
-                        "path": r.path(),
-                        "tag": r.tag(),
-                        "digest": r.digest().map(|d| d.to_string()),
-                        "name": r.name(),
-                        "normalized": r.normalized(),
-                        "canonical": r.canonical(),
-                        "familiar": r.familiar(),
-                    });
-                    let _ = writeln!(stdout, "{v}");
-                } else {
-                    table.row(vec![
-                        input.clone(),
-                        r.canonical(),
-                        r.familiar(),
-                        r.domain().to_owned(),
-                        r.path().to_owned(),
-                        r.tag().unwrap_or("-").to_owned(),
-                        r.digest().map_or_else(|| "-".to_owned(), |d| d.to_string()),
-                    ]);
-                }
-            }
-            Err(e) => {
-                ok = false;
-                if json {
-                    let v =
-                        serde_json::json!({"input": input, "ok": false, "error": e.to_string()});
-                    let _ = writeln!(stdout, "{v}");
-                }
-                let _ = writeln!(std::io::stderr(), "error: invalid reference {input:?}: {e}");
-            }
-        }
-    }
-    drop(stdout);
-    if !json && !table.is_empty() {
-        table.print();
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-fn print_outcome(o: &imgstore::store::PullOutcome) {
-    let note = if o.reused { " (already stored)" } else { "" };
-    println!("{} {} {}{note}", o.kind, o.name, o.id);
-}
-
-fn short_id(d: &str) -> String {
-    let hex = d.split_once(':').map_or(d, |(_, h)| h);
-    hex.chars().take(12).collect()
-}
-
-fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    #[allow(clippy::cast_precision_loss)] // display only
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+impl Cli {
+    fn json(&self) -> bool {
+        self.output == Format::Json
     }
 }
 

@@ -59,3 +59,29 @@ impl Table {
         }
     }
 }
+
+pub fn print_outcome(o: &imgstore::store::PullOutcome) {
+    let note = if o.reused { " (already stored)" } else { "" };
+    println!("{} {} {}{note}", o.kind, o.name, o.id);
+}
+
+pub fn short_id(d: &str) -> String {
+    let hex = d.split_once(':').map_or(d, |(_, h)| h);
+    hex.chars().take(12).collect()
+}
+
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[allow(clippy::cast_precision_loss)] // display only
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

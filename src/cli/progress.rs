@@ -106,7 +106,7 @@ pub fn install_interrupt_cleanup() {
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             clear();
-            imgstore::fsutil::remove_live_temps();
+            imgstore::store::remove_live_temps();
             eprintln!("interrupted; temporary files removed");
             std::process::exit(128 + sig);
         }

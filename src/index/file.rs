@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil;
 use crate::index::schema::{Entry, IndexFile};
+use crate::layout::BackendLayout;
 use crate::lock::{self, LockGuard, LockWait, Mode};
-use crate::store::layout::BackendLayout;
 
 /// Mode of `images.json`, as cocoon writes it.
 const INDEX_MODE: u32 = 0o644;
@@ -64,14 +64,14 @@ pub enum Error {
     /// Taking the index lock failed.
     #[error(transparent)]
     Lock(#[from] lock::Error),
-    /// The closure given to [`Db::update`] gave up; nothing was written. Build it with
+    /// The closure given to `Db::update` gave up; nothing was written. Build it with
     /// [`Error::abort`] and get the cause back with `downcast` on the box.
     #[error("index update aborted: {0}")]
     Abort(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {
-    /// Abort a [`Db::update`] with a domain error; the index is not written.
+    /// Abort a `Db::update` with a domain error; the index is not written.
     pub fn abort(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::Abort(e.into())
     }
@@ -99,6 +99,7 @@ pub struct Loaded<E> {
 impl<E> Loaded<E> {
     /// Whether the file existed when loaded.
     #[must_use]
+    #[cfg(feature = "unstable")]
     pub fn existed(&self) -> bool {
         self.raw.is_some()
     }
@@ -207,9 +208,9 @@ pub fn save<E: Entry>(loaded: &Loaded<E>, path: &Path, guard: &LockGuard) -> Res
             }
         }
     }
-    crate::failpoint::hit("index.before_write");
+    failpoint!("index.before_write");
     fsutil::write_atomic(path, &bytes, INDEX_MODE)?;
-    crate::failpoint::hit("index.after_rename");
+    failpoint!("index.after_rename");
     Ok(true)
 }
 
@@ -263,12 +264,14 @@ impl<E: Entry> Db<E> {
 
     /// `db/images.json`.
     #[must_use]
+    #[cfg(feature = "unstable")]
     pub fn index_path(&self) -> &Path {
         &self.index_path
     }
 
     /// `db/images.lock`.
     #[must_use]
+    #[cfg(feature = "unstable")]
     pub fn lock_path(&self) -> &Path {
         &self.lock_path
     }

@@ -11,6 +11,7 @@ use crate::digest::{Digest, Sums};
 /// Anything that can be an index entry.
 pub trait Entry: Serialize + DeserializeOwned + Clone {
     /// The reference the entry was stored under (`ref`).
+    #[cfg(feature = "unstable")]
     fn reference(&self) -> &str;
     /// The image ID: manifest digest (oci) or content sum (cloudimg).
     fn id(&self) -> Digest;
@@ -95,6 +96,7 @@ pub struct OciEntry {
 }
 
 impl Entry for OciEntry {
+    #[cfg(feature = "unstable")]
     fn reference(&self) -> &str {
         &self.reference
     }
@@ -124,6 +126,7 @@ pub struct CloudEntry {
 }
 
 impl Entry for CloudEntry {
+    #[cfg(feature = "unstable")]
     fn reference(&self) -> &str {
         &self.reference
     }

@@ -91,6 +91,19 @@ pub enum Error {
 /// A parsed, normalized image reference (`domain/path[:tag][@digest]`).
 ///
 /// Cheap to read: one `String` holds the normalized text; accessors slice it.
+///
+/// ```
+/// use imgstore::Reference;
+///
+/// let r: Reference = "127.0.0.1:5000/team/app:v1".parse()?;
+/// assert_eq!(r.domain(), "127.0.0.1:5000");
+/// assert_eq!(r.path(), "team/app");
+/// assert_eq!(r.tag(), Some("v1"));
+/// // Familiar names are expanded the way docker does.
+/// assert_eq!(Reference::parse("nginx")?.canonical(), "docker.io/library/nginx:latest");
+/// assert!(Reference::parse("Upper/Case").is_err());
+/// # Ok::<(), imgstore::reference::Error>(())
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Reference {
     /// Normalized text: `domain/path[:tag][@digest]`.

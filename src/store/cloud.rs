@@ -5,16 +5,18 @@
 //! check, convert and publish a new one → commit the index entry (short exclusive lock).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::config::check_files;
+use super::import::check_name;
+use super::{io_err, Error, Kind, Store};
 use crate::backend::cloudimg::{self, Format, Plan};
 use crate::digest::{Digest, Sums};
 use crate::fsutil::{self, TempDir};
 use crate::index::CloudEntry;
 use crate::ingest::{self, Expected};
-use crate::store::{io_err, Error, Kind, OciSource, Store};
 use crate::verify;
 
 /// Where a cloud image comes from.
@@ -61,32 +63,6 @@ fn sniffed(mut r: impl Read, source_name: &str) -> Result<(Vec<u8>, impl Read), 
     head.truncate(n);
     let chained = std::io::Cursor::new(head.clone()).chain(r);
     Ok((head, chained))
-}
-
-/// A name for an imported image must be usable as an index key and shown safely.
-pub(crate) fn check_name(name: &str) -> Result<(), Error> {
-    let bad = |reason| {
-        Err(Error::InvalidName {
-            name: name.chars().take(200).collect(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return bad("empty name");
-    }
-    if name.len() > 1024 {
-        return bad("longer than 1024 bytes");
-    }
-    if name.chars().any(char::is_control) {
-        return bad("contains a control character");
-    }
-    if name.trim() != name {
-        return bad("leading or trailing white space");
-    }
-    if Digest::parse(name).is_ok() || crate::digest::Prefix::parse(name).is_ok() {
-        return bad("looks like a digest; it could never be looked up by name");
-    }
-    Ok(())
 }
 
 impl Store {
@@ -136,7 +112,7 @@ impl Store {
             let snap = self.snapshot()?;
             if let Some(e) = snap.cloud.get(url) {
                 let info = self.describe(&snap, Kind::CloudImg, std::iter::once(url));
-                if super::check_files(&info).is_ok() {
+                if check_files(&info).is_ok() {
                     return Ok(PullOutcome {
                         name: url.to_owned(),
                         id: e.content_sum,
@@ -222,7 +198,7 @@ impl Store {
             }
         };
 
-        crate::failpoint::hit("cloud.before_commit");
+        failpoint!("cloud.before_commit");
         let w = self.on_wait();
         self.cloud_db().update(self.opts.lock_wait, &w, |idx| {
             let entry = match idx.get(name) {
@@ -260,43 +236,6 @@ impl Store {
     }
 }
 
-impl Store {
-    /// Import an image under `name` from files (none = stdin). The type is detected from the
-    /// content when `kind` is `None`: a directory, a tar or a compressed tar is OCI; anything
-    /// else (and stdin) is a cloud image.
-    ///
-    /// # Errors
-    /// As [`Store::import_cloud`] and [`Store::import_oci`].
-    pub fn import(
-        &self,
-        name: &str,
-        files: &[PathBuf],
-        kind: Option<Kind>,
-    ) -> Result<PullOutcome, Error> {
-        let kind = match kind {
-            Some(k) => k,
-            None => detect_kind(files)?,
-        };
-        match kind {
-            Kind::CloudImg if files.is_empty() => self.import_cloud(name, &CloudSource::Stdin),
-            Kind::CloudImg => self.import_cloud(name, &CloudSource::Files(files.to_vec())),
-            Kind::Oci => {
-                let source = match files {
-                    [] => {
-                        return Err(Error::Other(
-                            "OCI images cannot be imported from stdin; pass layer tars, an OCI layout directory or an oci-archive".into(),
-                        ))
-                    }
-                    [one] if one.is_dir() => OciSource::Layout(one.clone()),
-                    [one] if is_oci_archive(one) => OciSource::Archive(one.clone()),
-                    many => OciSource::LayerTars(many.to_vec()),
-                };
-                self.import_oci(name, &source)
-            }
-        }
-    }
-}
-
 /// A download failure surfaces from staging as a read error wrapping the [`cloudimg::Error`];
 /// unwrap it so the message says "GET <url>: HTTP …" once rather than "reading <url>: GET <url>: …".
 fn download_error(e: ingest::Error) -> Error {
@@ -309,74 +248,4 @@ fn download_error(e: ingest::Error) -> Error {
         }
         other => other.into(),
     }
-}
-
-fn head_of(path: &Path) -> Result<Vec<u8>, Error> {
-    let mut f = std::fs::File::open(path).map_err(io_err("opening", path))?;
-    let mut head = vec![0u8; 512];
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err("reading", path)(e)),
-        }
-    }
-    head.truncate(n);
-    Ok(head)
-}
-
-fn looks_like_tar(head: &[u8]) -> bool {
-    head.len() >= 262 && &head[257..262] == b"ustar"
-}
-
-fn detect_kind(files: &[PathBuf]) -> Result<Kind, Error> {
-    let Some(first) = files.first() else {
-        return Ok(Kind::CloudImg);
-    };
-    if first.is_dir() {
-        return Ok(Kind::Oci);
-    }
-    let head = head_of(first)?;
-    let compressed_tar =
-        head.starts_with(&[0x1f, 0x8b]) || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
-    if looks_like_tar(&head)
-        || (compressed_tar && files.len() > 1)
-        || (compressed_tar && is_gzip_tar(first))
-    {
-        Ok(Kind::Oci)
-    } else {
-        Ok(Kind::CloudImg)
-    }
-}
-
-/// A gzip stream whose content starts like a tar: a compressed layer, not a compressed disk.
-fn is_gzip_tar(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut d = flate2::read::GzDecoder::new(f);
-    let mut head = vec![0u8; 512];
-    d.read_exact(&mut head).is_ok() && looks_like_tar(&head)
-}
-
-/// An uncompressed tar with an `oci-layout` file at its root.
-fn is_oci_archive(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut a = tar::Archive::new(f);
-    let Ok(entries) = a.entries() else {
-        return false;
-    };
-    entries.flatten().take(10_000).any(|e| {
-        e.path().is_ok_and(|p| {
-            let p: PathBuf = p
-                .components()
-                .filter(|c| !matches!(c, std::path::Component::CurDir))
-                .collect();
-            p == Path::new("oci-layout")
-        })
-    })
 }

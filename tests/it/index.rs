@@ -11,7 +11,7 @@ use imgstore::index::file::{self, Db, Error};
 use imgstore::index::schema::now_rfc3339;
 use imgstore::index::{CloudEntry, IndexFile, OciEntry};
 use imgstore::lock::{self, LockWait, Mode};
-use imgstore::store::{Kind, Layout};
+use imgstore::{Kind, Layout};
 
 use crate::support::{self, signal, wait_for_file};
 

@@ -1,5 +1,6 @@
 //! What the first bytes of a source say; pure functions, no I/O.
 
+#[cfg(feature = "unstable")]
 use super::Error;
 
 /// How many leading bytes [`sniff`] looks at; give it at least this many when the source has them.
@@ -82,6 +83,7 @@ pub fn sniff(head: &[u8]) -> Format {
 
 /// [`sniff`] as a decision: the format to pass to [`super::check_untrusted`] ("qcow2" or "raw"),
 /// or [`Error::Rejected`] naming `source_name` (the file or URL) and what the bytes are.
+#[cfg(feature = "unstable")]
 pub fn candidate_format(head: &[u8], source_name: &str) -> Result<&'static str, Error> {
     match sniff(head) {
         Format::Qcow2 => Ok("qcow2"),

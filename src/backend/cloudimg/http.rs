@@ -1,7 +1,7 @@
 //! Streaming GET of an http(s) URL with a size cap, timeouts and length checks.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use ureq::http::Uri;
 use ureq::ResponseExt;
@@ -38,12 +38,14 @@ impl fmt::Debug for Download {
 impl Download {
     /// The URL that was asked for.
     #[must_use]
+    #[cfg(feature = "unstable")]
     pub fn url(&self) -> &str {
         &self.url
     }
 
     /// The URL the body actually comes from, after redirects.
     #[must_use]
+    #[cfg(feature = "unstable")]
     pub fn final_url(&self) -> &str {
         &self.final_url
     }
@@ -56,12 +58,14 @@ impl Download {
 
     /// Bytes delivered so far.
     #[must_use]
+    #[cfg(feature = "unstable")]
     pub fn received(&self) -> u64 {
         self.received
     }
 
     /// Copy the whole body into `sink`; returns the byte count.
-    pub fn copy_to(&mut self, sink: &mut impl Write) -> Result<u64, Error> {
+    #[cfg(feature = "unstable")]
+    pub fn copy_to(&mut self, sink: &mut impl std::io::Write) -> Result<u64, Error> {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = match self.read(&mut buf) {
@@ -240,7 +244,8 @@ pub fn open(url: &str, limits: &Limits) -> Result<Download, Error> {
 }
 
 /// [`open`] `url` and copy its whole body into `sink`; returns the byte count.
-pub fn download(url: &str, limits: &Limits, sink: &mut impl Write) -> Result<u64, Error> {
+#[cfg(feature = "unstable")]
+pub fn download(url: &str, limits: &Limits, sink: &mut impl std::io::Write) -> Result<u64, Error> {
     open(url, limits)?.copy_to(sink)
 }
 

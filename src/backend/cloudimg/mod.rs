@@ -23,9 +23,15 @@ mod format;
 mod http;
 mod qemu;
 
-pub use format::{candidate_format, qcow2_header, sniff, Format, Qcow2Header, SNIFF_LEN};
-pub use http::{download, open, Download};
-pub use qemu::{check_untrusted, convert, plan, qemu_info, ImageInfo, Plan};
+pub use format::{sniff, Format};
+pub use http::open;
+pub use qemu::{check_untrusted, convert, plan, Plan};
+#[cfg(feature = "unstable")]
+pub use {
+    format::{candidate_format, qcow2_header, Qcow2Header, SNIFF_LEN},
+    http::{download, Download},
+    qemu::{qemu_info, ImageInfo},
+};
 
 /// Default cap on the virtual size of an image: 2 TiB.
 ///
@@ -40,9 +46,9 @@ pub const MAX_REDIRECTS: u32 = 10;
 /// Bounds applied to untrusted sources.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest accepted virtual disk size in bytes (default [`DEFAULT_MAX_VIRTUAL_SIZE`]).
+    /// Largest accepted virtual disk size in bytes (default `DEFAULT_MAX_VIRTUAL_SIZE`, 2 TiB).
     pub max_virtual_size: u64,
-    /// Largest accepted download in bytes (default [`DEFAULT_MAX_DOWNLOAD`]).
+    /// Largest accepted download in bytes (default 20 GiB).
     pub max_download: u64,
     /// Time allowed to resolve the host and establish a connection (default 30 s).
     pub connect_timeout: Duration,
@@ -81,7 +87,7 @@ pub enum Error {
         path: PathBuf,
         /// The format asked for.
         asked: &'static str,
-        /// What [`sniff`] says.
+        /// What the sniff says.
         found: &'static str,
     },
     /// Only "qcow2" and "raw" are ever passed to qemu-img.
@@ -247,13 +253,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// The [`Error`] carried inside an `io::Error` returned by [`Download`]'s `Read` impl, if any.
+    /// The [`Error`] carried inside an `io::Error` returned by `Download`'s `Read` impl, if any.
     #[must_use]
     pub fn from_io_ref(e: &io::Error) -> Option<&Error> {
         e.get_ref().and_then(|inner| inner.downcast_ref::<Error>())
     }
 
-    /// Turn an `io::Error` from [`Download`]'s `Read` impl back into an [`Error`]; errors that
+    /// Turn an `io::Error` from `Download`'s `Read` impl back into an [`Error`]; errors that
     /// did not come from the download become [`Error::Http`] for `url`.
     #[must_use]
     pub fn from_io(e: io::Error, url: &str) -> Error {

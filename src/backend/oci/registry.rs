@@ -32,9 +32,9 @@ use sha2::Digest as _;
 use crate::digest::{Algorithm, Digest};
 
 pub use auth::Credentials;
-pub use manifest::{
-    Descriptor, Manifest, Platform, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
-};
+pub use manifest::{Descriptor, Manifest, Platform};
+#[cfg(feature = "unstable")]
+pub use manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
 use manifest::Parsed;
 
@@ -222,7 +222,7 @@ impl Error {
     }
 }
 
-/// How a [`Client`] connects, authenticates and chooses platforms.
+/// How a registry client connects, authenticates and chooses platforms.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Hosts (`name` or `name:port`) allowed over plain http. Loopback hosts always are.
@@ -471,6 +471,7 @@ impl Client {
 
     /// The platform this client resolves manifest lists to.
     #[must_use]
+    #[cfg(feature = "unstable")]
     pub fn platform(&self) -> &Platform {
         &self.platform
     }

@@ -556,6 +556,7 @@ fn copy_data(src: &mut impl Read, f: &mut File, path: &Path) -> Result<(), Error
 
 /// Fuzz oracle: unpacking arbitrary bytes never panics and never writes outside `dest`
 /// (a sibling directory stays empty). Runs in a fresh sandbox under the system temp dir.
+#[cfg(any(test, feature = "unstable"))]
 pub fn fuzz_check(data: &[u8]) {
     use std::sync::atomic::{AtomicU64, Ordering};
     /// Removes the sandbox also when an assertion fails (seed tests keep running).

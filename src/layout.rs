@@ -1,4 +1,6 @@
 //! The cocoon-compatible on-disk layout (DESIGN.md §1) as pure path arithmetic: no I/O here.
+//! It sits on the ground floor with `digest`: every layer above (index, gc, lookup, backends,
+//! store) names paths through it, and it depends on nothing but `digest`.
 
 use std::path::{Path, PathBuf};
 

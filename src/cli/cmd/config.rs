@@ -1,0 +1,46 @@
+//! `imgstore config`: print VM configurations.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::output::print_json;
+use crate::cli::{open, Cli};
+
+/// Run the command.
+pub(crate) fn run(cli: &Cli, ids: &[String], firmware: Option<&PathBuf>) -> Result<ExitCode> {
+    let json = cli.json();
+    let store = open(cli, firmware.cloned(), &[], None)?;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let configs = store.config(&ids)?;
+    if json {
+        print_json(&configs)?;
+    } else {
+        for c in configs {
+            println!("{} ({}, {})", c.image, c.image_type, c.image_digest);
+            for d in &c.storage {
+                println!(
+                    "  disk {} serial={} ro={} role={}",
+                    d.path.display(),
+                    d.serial,
+                    d.ro,
+                    d.role
+                );
+            }
+            match &c.boot {
+                imgstore::store::Boot::Kernel {
+                    kernel_path,
+                    initrd_path,
+                } => {
+                    println!("  kernel {}", kernel_path.display());
+                    println!("  initrd {}", initrd_path.display());
+                }
+                imgstore::store::Boot::Firmware { firmware_path } => {
+                    println!("  firmware {}", firmware_path.display());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

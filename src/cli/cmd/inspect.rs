@@ -1,0 +1,36 @@
+//! `imgstore inspect`: show one image.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::output::{human_size, print_json, short_id, Table};
+use crate::cli::{open, Cli};
+
+/// Run the command.
+pub(crate) fn run(cli: &Cli, id: &str) -> Result<ExitCode> {
+    let json = cli.json();
+    let store = open(cli, None, &[], None)?;
+    let info = store.inspect(id)?;
+    if json {
+        print_json(&info)?;
+    } else {
+        println!("id:         {}", info.id);
+        println!("type:       {}", info.kind);
+        println!("names:      {}", info.names.join(", "));
+        println!("size:       {} ({})", info.size, human_size(info.size));
+        println!("created_at: {}", info.created_at);
+        let mut t = Table::new(&["ROLE", "SIZE", "BLAKE3", "PATH"]);
+        for b in info.blobs {
+            t.row(vec![
+                b.role.to_owned(),
+                b.size.map_or_else(|| "-".to_owned(), human_size),
+                b.blake3
+                    .map_or_else(|| "-".to_owned(), |d| short_id(&d.to_string())),
+                b.path.display().to_string(),
+            ]);
+        }
+        t.print();
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,26 @@
+//! `imgstore rm`: remove index entries.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::output::{print_json, short_id};
+use crate::cli::{open, Cli};
+
+/// Run the command.
+pub(crate) fn run(cli: &Cli, ids: &[String]) -> Result<ExitCode> {
+    let json = cli.json();
+    let store = open(cli, None, &[], None)?;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let removed = store.remove(&ids)?;
+    if json {
+        print_json(&removed)?;
+    } else {
+        for r in removed {
+            for n in r.names {
+                println!("removed {n} ({})", short_id(&r.id.to_string()));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

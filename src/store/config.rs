@@ -1,0 +1,163 @@
+//! The boot path's verb: the VM disk and boot configuration of images.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::layout::Kind;
+
+use super::snapshot::{BlobInfo, ImageInfo, Snapshot};
+use super::{file_size, Error, Store};
+
+/// One disk of a VM configuration.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Disk {
+    /// Path of the blob.
+    pub path: PathBuf,
+    /// Always read-only.
+    pub ro: bool,
+    /// Serial the guest sees (`cocoon-layer<N>` / `cocoon-base`).
+    pub serial: String,
+    /// Role (`layer`).
+    pub role: &'static str,
+}
+
+/// How a VM boots.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Boot {
+    /// Direct kernel boot (oci).
+    Kernel {
+        /// vmlinuz.
+        kernel_path: PathBuf,
+        /// initrd.img.
+        initrd_path: PathBuf,
+    },
+    /// UEFI firmware boot (cloudimg).
+    Firmware {
+        /// CLOUDHV.fd.
+        firmware_path: PathBuf,
+    },
+}
+
+/// The VM disk and boot configuration of one image.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The image's name (index key).
+    pub image: String,
+    /// Its ID.
+    pub image_digest: Digest,
+    /// Backend.
+    pub image_type: Kind,
+    /// Disks in order (oci: base layer first).
+    pub storage: Vec<Disk>,
+    /// Boot files.
+    pub boot: Boot,
+}
+
+impl Store {
+    /// The VM configuration of each image, in order. Every file is checked to exist with its
+    /// recorded size (a truncated blob is never handed to a VM); content is checked by `verify`.
+    ///
+    /// # Errors
+    /// Not found, ambiguous, a missing or wrong-sized file, missing firmware.
+    pub fn config(&self, queries: &[&str]) -> Result<Vec<VmConfig>, Error> {
+        let snap = self.snapshot()?;
+        queries
+            .iter()
+            .map(|q| {
+                let f = snap.find(q)?;
+                let info = self.describe(&snap, f.kind, f.keys.iter().map(String::as_str));
+                check_files(&info)?;
+                self.vm_config(&snap, info)
+            })
+            .collect()
+    }
+
+    pub(super) fn vm_config(&self, snap: &Snapshot, info: ImageInfo) -> Result<VmConfig, Error> {
+        let layers: Vec<&BlobInfo> = info.blobs.iter().filter(|b| b.role == "layer").collect();
+        let (storage, boot) = match info.kind {
+            Kind::Oci => {
+                let storage = layers
+                    .iter()
+                    .enumerate()
+                    .map(|(n, b)| Disk {
+                        path: b.path.clone(),
+                        ro: true,
+                        serial: format!("cocoon-layer{n}"),
+                        role: "layer",
+                    })
+                    .collect();
+                let e = snap.oci.get(&info.name).expect("resolved keys exist");
+                let b = self.layout.backend(Kind::Oci);
+                let boot = Boot::Kernel {
+                    kernel_path: b.kernel_path(&e.kernel_layer),
+                    initrd_path: b.initrd_path(&e.initrd_layer),
+                };
+                (storage, boot)
+            }
+            Kind::CloudImg => {
+                let firmware = self
+                    .opts
+                    .firmware
+                    .clone()
+                    .unwrap_or_else(|| self.layout.firmware_path());
+                if file_size(&firmware)?.is_none() {
+                    return Err(Error::FirmwareMissing { path: firmware });
+                }
+                let storage = vec![Disk {
+                    path: layers[0].path.clone(),
+                    ro: true,
+                    serial: "cocoon-base".to_owned(),
+                    role: "layer",
+                }];
+                (
+                    storage,
+                    Boot::Firmware {
+                        firmware_path: firmware,
+                    },
+                )
+            }
+        };
+        Ok(VmConfig {
+            image: info.name,
+            image_digest: info.id,
+            image_type: info.kind,
+            storage,
+            boot,
+        })
+    }
+}
+
+/// Every file exists with its recorded size (or, for legacy entries, exists and is not empty).
+pub(super) fn check_files(info: &ImageInfo) -> Result<(), Error> {
+    for b in &info.blobs {
+        match (file_size(&b.path)?, b.size) {
+            (None, _) => {
+                return Err(Error::Missing {
+                    image: info.name.clone(),
+                    path: b.path.clone(),
+                })
+            }
+            (Some(actual), Some(expected)) if actual != expected => {
+                return Err(Error::WrongSize {
+                    image: info.name.clone(),
+                    path: b.path.clone(),
+                    expected,
+                    actual,
+                })
+            }
+            (Some(0), None) => {
+                return Err(Error::WrongSize {
+                    image: info.name.clone(),
+                    path: b.path.clone(),
+                    expected: 1,
+                    actual: 0,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

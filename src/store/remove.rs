@@ -1,0 +1,101 @@
+//! Removing index entries (blobs stay until gc).
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::layout::Kind;
+
+use super::snapshot::{canonical_of, Snapshot};
+use super::{Error, Store};
+
+/// What [`Store::remove`] removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Removed {
+    /// Backend.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Image ID.
+    pub id: Digest,
+    /// Index keys removed.
+    pub names: Vec<String>,
+}
+
+impl Store {
+    /// Remove index entries. Every query is resolved first; if any fails, nothing is removed.
+    /// A query naming an image by a name removes that name; one naming it by digest removes
+    /// every name of that image. Blobs stay until [`Store::gc`].
+    ///
+    /// # Errors
+    /// Not found, ambiguous, lock timeout, or an index write failure.
+    pub fn remove(&self, queries: &[&str]) -> Result<Vec<Removed>, Error> {
+        let w = self.on_wait();
+        // Index lock order: oci before cloudimg (no digest locks are needed to remove names).
+        let mut removed: Vec<Removed> = Vec::new();
+        let oci_db = self.oci_db();
+        let cloud_db = self.cloud_db();
+        oci_db
+            .update(self.opts.lock_wait, &w, |oci| {
+                cloud_db
+                    .update(self.opts.lock_wait, &w, |cloud| {
+                        let snap = Snapshot::build(oci.clone(), cloud.clone());
+                        let mut plan: Vec<(Kind, Digest, Vec<String>)> = Vec::new();
+                        for q in queries {
+                            let f = snap.find(q).map_err(boxed)?;
+                            // Named by a name (or its canonical form): remove that name. Named by
+                            // digest or prefix: remove every name of the image.
+                            let wanted = canonical_of(q);
+                            let by_name: Vec<String> = f
+                                .keys
+                                .iter()
+                                .filter(|k| {
+                                    k.as_str() == *q
+                                        || (f.kind == Kind::Oci
+                                            && wanted.is_some()
+                                            && canonical_of(k) == wanted)
+                                })
+                                .cloned()
+                                .collect();
+                            let names = if by_name.is_empty() { f.keys } else { by_name };
+                            plan.push((f.kind, f.id, names));
+                        }
+                        for (kind, id, names) in plan {
+                            for n in &names {
+                                match kind {
+                                    Kind::Oci => oci.images.remove(n),
+                                    Kind::CloudImg => cloud.images.remove(n).map(|_| None),
+                                };
+                            }
+                            if let Some(r) =
+                                removed.iter_mut().find(|r| r.kind == kind && r.id == id)
+                            {
+                                for n in names {
+                                    if !r.names.contains(&n) {
+                                        r.names.push(n);
+                                    }
+                                }
+                            } else {
+                                removed.push(Removed { kind, id, names });
+                            }
+                        }
+                        Ok(())
+                    })
+                    .map_err(boxed)
+            })
+            .map_err(unbox)?;
+        Ok(removed)
+    }
+}
+
+pub(super) fn boxed(e: impl Into<Error>) -> crate::index::file::Error {
+    crate::index::file::Error::Abort(Box::new(e.into()))
+}
+
+pub(super) fn unbox(e: crate::index::file::Error) -> Error {
+    match e {
+        crate::index::file::Error::Abort(inner) => match inner.downcast::<Error>() {
+            Ok(store) => *store,
+            Err(other) => Error::Other(other.to_string()),
+        },
+        other => Error::Index(other),
+    }
+}

@@ -1,0 +1,287 @@
+//! Reading: both indexes read once, and the list / inspect / find verbs over them.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::digest::{Digest, Sums};
+use crate::index::{CloudEntry, Entry, IndexFile, OciEntry};
+use crate::layout::{BackendLayout, Kind};
+use crate::lookup::{Item, Lookup};
+use crate::reference::Reference;
+
+use super::{Error, Store};
+
+/// One row of [`Store::list`]: an index key.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ListEntry {
+    /// Image ID (manifest digest or content sum).
+    pub id: Digest,
+    /// The index key.
+    pub name: String,
+    /// Backend.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Bytes stored.
+    pub size: u64,
+    /// When it was stored (RFC 3339).
+    pub created_at: String,
+}
+
+/// A stored file of an image.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Where it is.
+    pub path: PathBuf,
+    /// `layer`, `kernel` or `initrd`.
+    pub role: &'static str,
+    /// Key digest (layer digest / content sum); the file is named after it.
+    pub key: Digest,
+    /// Recorded size, if known.
+    pub size: Option<u64>,
+    /// Recorded sha256 of the stored bytes (absent for entries written by cocoon).
+    pub sha256: Option<Digest>,
+    /// Recorded blake3 of the stored bytes.
+    pub blake3: Option<Digest>,
+}
+
+/// Everything known about one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    /// Image ID.
+    pub id: Digest,
+    /// The first name (sorted).
+    pub name: String,
+    /// All index keys naming this image in its backend.
+    pub names: Vec<String>,
+    /// Backend.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Bytes stored.
+    pub size: u64,
+    /// When it was stored.
+    pub created_at: String,
+    /// Stored files.
+    pub blobs: Vec<BlobInfo>,
+}
+
+/// Both indexes, read once. The lookup structure is built on first need: a query that is an
+/// exact key of one backend (the boot path's usual case) never pays for it.
+pub struct Snapshot {
+    pub(super) oci: IndexFile<OciEntry>,
+    pub(super) cloud: IndexFile<CloudEntry>,
+    lookup: std::sync::OnceLock<Lookup>,
+}
+
+/// An image a query resolved to.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Backend.
+    pub kind: Kind,
+    /// Image ID.
+    pub id: Digest,
+    /// Every key naming the image in its backend, sorted.
+    pub keys: Vec<String>,
+}
+
+pub(super) fn canonical_of(s: &str) -> Option<String> {
+    Reference::parse(s).ok().map(|r| r.canonical())
+}
+
+impl Snapshot {
+    pub(super) fn build(oci: IndexFile<OciEntry>, cloud: IndexFile<CloudEntry>) -> Self {
+        Self {
+            oci,
+            cloud,
+            lookup: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(super) fn lookup(&self) -> &Lookup {
+        self.lookup.get_or_init(|| {
+            let mut items = Vec::with_capacity(self.oci.images.len() + self.cloud.images.len());
+            for (key, e) in self.oci.entries() {
+                items.push(Item {
+                    kind: Kind::Oci,
+                    key: key.to_owned(),
+                    canonical: canonical_of(key),
+                    id: e.id(),
+                });
+            }
+            for (key, e) in self.cloud.entries() {
+                items.push(Item {
+                    kind: Kind::CloudImg,
+                    key: key.to_owned(),
+                    canonical: None,
+                    id: e.id(),
+                });
+            }
+            Lookup::build(items)
+        })
+    }
+
+    /// Every key of `kind` whose entry has image ID `id`, sorted.
+    pub(super) fn aliases(&self, kind: Kind, id: &Digest) -> Vec<String> {
+        // BTreeMap iteration is already in key order.
+        match kind {
+            Kind::Oci => self
+                .oci
+                .entries()
+                .filter(|(_, e)| e.id() == *id)
+                .map(|(k, _)| k.to_owned())
+                .collect(),
+            Kind::CloudImg => self
+                .cloud
+                .entries()
+                .filter(|(_, e)| e.id() == *id)
+                .map(|(k, _)| k.to_owned())
+                .collect(),
+        }
+    }
+
+    /// Resolve an ID (DESIGN.md §6) to its backend, image ID and all its names.
+    ///
+    /// # Errors
+    /// Not found, or ambiguous (the error lists the candidates).
+    pub fn find(&self, query: &str) -> Result<Found, Error> {
+        // Step 1 of the precedence without building the lookup: an exact key of exactly one
+        // backend. Anything else (a key in both, a reference, a digest, a prefix) goes through it.
+        let in_oci = self.oci.get(query).map(Entry::id);
+        let in_cloud = self.cloud.get(query).map(Entry::id);
+        let (kind, id) = match (in_oci, in_cloud) {
+            (Some(id), None) => (Kind::Oci, id),
+            (None, Some(id)) => (Kind::CloudImg, id),
+            _ => {
+                let canonical = canonical_of(query);
+                let m = self.lookup().resolve(query, canonical.as_deref())?;
+                return Ok(Found {
+                    kind: m.kind,
+                    id: m.id,
+                    keys: m.items.iter().map(|i| i.key.clone()).collect(),
+                });
+            }
+        };
+        Ok(Found {
+            kind,
+            id,
+            keys: self.aliases(kind, &id),
+        })
+    }
+}
+
+impl Store {
+    /// Read both indexes (shared locks, one at a time) and build the lookup.
+    ///
+    /// # Errors
+    /// A corrupt index, or a lock timeout.
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
+        let w = self.on_wait();
+        let oci = self.oci_db().read(self.opts.lock_wait, &w)?;
+        let cloud = self.cloud_db().read(self.opts.lock_wait, &w)?;
+        Ok(Snapshot::build(oci, cloud))
+    }
+
+    /// Every index key of both backends, oci first, sorted by name.
+    ///
+    /// # Errors
+    /// A corrupt index, or a lock timeout.
+    pub fn list(&self) -> Result<Vec<ListEntry>, Error> {
+        let snap = self.snapshot()?;
+        let mut out: Vec<ListEntry> = snap
+            .oci
+            .entries()
+            .map(|(k, e)| ListEntry {
+                id: e.id(),
+                name: k.to_owned(),
+                kind: Kind::Oci,
+                size: e.size,
+                created_at: e.created_at.clone(),
+            })
+            .collect();
+        out.extend(snap.cloud.entries().map(|(k, e)| ListEntry {
+            id: e.id(),
+            name: k.to_owned(),
+            kind: Kind::CloudImg,
+            size: e.size,
+            created_at: e.created_at.clone(),
+        }));
+        Ok(out)
+    }
+
+    /// Resolve `query` and describe the image.
+    ///
+    /// # Errors
+    /// Not found, ambiguous, or an unreadable index.
+    pub fn inspect(&self, query: &str) -> Result<ImageInfo, Error> {
+        let snap = self.snapshot()?;
+        let f = snap.find(query)?;
+        Ok(self.describe(&snap, f.kind, f.keys.iter().map(String::as_str)))
+    }
+
+    pub(super) fn describe<'a>(
+        &self,
+        snap: &Snapshot,
+        kind: Kind,
+        keys: impl Iterator<Item = &'a str>,
+    ) -> ImageInfo {
+        let mut names: Vec<String> = keys.map(str::to_owned).collect();
+        names.sort();
+        let first = names[0].clone();
+        let b = self.layout.backend(kind);
+        let (id, size, created_at, blobs) = match kind {
+            Kind::Oci => {
+                let e = snap.oci.get(&first).expect("resolved keys exist");
+                (e.id(), e.size, e.created_at.clone(), oci_blobs(&b, e))
+            }
+            Kind::CloudImg => {
+                let e = snap.cloud.get(&first).expect("resolved keys exist");
+                let blob =
+                    BlobInfo::new(b.blob_path(&e.content_sum), "layer", e.content_sum, e.blob);
+                (e.id(), e.size, e.created_at.clone(), vec![blob])
+            }
+        };
+        ImageInfo {
+            id,
+            name: first,
+            names,
+            kind,
+            size,
+            created_at,
+            blobs,
+        }
+    }
+}
+
+pub(super) fn oci_blobs(b: &BackendLayout, e: &OciEntry) -> Vec<BlobInfo> {
+    let mut blobs: Vec<BlobInfo> = e
+        .layers
+        .iter()
+        .map(|l| BlobInfo::new(b.blob_path(&l.digest), "layer", l.digest, l.blob))
+        .collect();
+    blobs.push(BlobInfo::new(
+        b.kernel_path(&e.kernel_layer),
+        "kernel",
+        e.kernel_layer,
+        e.kernel,
+    ));
+    blobs.push(BlobInfo::new(
+        b.initrd_path(&e.initrd_layer),
+        "initrd",
+        e.initrd_layer,
+        e.initrd,
+    ));
+    blobs
+}
+
+impl BlobInfo {
+    pub(super) fn new(path: PathBuf, role: &'static str, key: Digest, sums: Option<Sums>) -> Self {
+        Self {
+            path,
+            role,
+            key,
+            size: sums.map(|s| s.size),
+            sha256: sums.map(|s| s.sha256),
+            blake3: sums.map(|s| s.blake3),
+        }
+    }
+}
