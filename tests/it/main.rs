@@ -1,5 +1,6 @@
 //! Integration tests: real files, real tools, real processes.
 
+mod boot;
 mod cli;
 mod cli_support;
 mod cloud_e2e;
@@ -24,3 +25,4 @@ mod registry;
 mod registry_server;
 mod support;
 mod verify;
+mod vm;

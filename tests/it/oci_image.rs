@@ -29,10 +29,21 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 #[derive(Debug, Clone)]
 enum Entry {
-    Dir,
-    File { contents: Vec<u8>, mode: u32 },
-    Symlink { target: String },
-    Hardlink { target: String },
+    Dir {
+        mode: u32,
+        owner: (u64, u64),
+    },
+    File {
+        contents: Vec<u8>,
+        mode: u32,
+        owner: (u64, u64),
+    },
+    Symlink {
+        target: String,
+    },
+    Hardlink {
+        target: String,
+    },
 }
 
 /// The entries of one layer tar, in the order given.
@@ -56,8 +67,19 @@ impl LayerBuilder {
     }
 
     /// A directory (mode 0755).
-    pub fn dir(mut self, path: &str) -> Self {
-        self.entries.push((path.to_owned(), Entry::Dir));
+    pub fn dir(self, path: &str) -> Self {
+        self.dir_owned(path, 0o755, 0, 0)
+    }
+
+    /// A directory with the given mode, owner and group.
+    pub fn dir_owned(mut self, path: &str, mode: u32, uid: u64, gid: u64) -> Self {
+        self.entries.push((
+            path.to_owned(),
+            Entry::Dir {
+                mode,
+                owner: (uid, gid),
+            },
+        ));
         self
     }
 
@@ -67,12 +89,25 @@ impl LayerBuilder {
     }
 
     /// A regular file with the given mode.
-    pub fn file_mode(mut self, path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
+    pub fn file_mode(self, path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
+        self.file_owned(path, contents, mode, 0, 0)
+    }
+
+    /// A regular file with the given mode, owner and group.
+    pub fn file_owned(
+        mut self,
+        path: &str,
+        contents: impl Into<Vec<u8>>,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> Self {
         self.entries.push((
             path.to_owned(),
             Entry::File {
                 contents: contents.into(),
                 mode,
+                owner: (uid, gid),
             },
         ));
         self
@@ -131,17 +166,25 @@ impl LayerBuilder {
             header.set_uid(0);
             header.set_gid(0);
             match entry {
-                Entry::Dir => {
+                Entry::Dir { mode, owner } => {
                     header.set_entry_type(tar::EntryType::Directory);
-                    header.set_mode(0o755);
+                    header.set_mode(*mode);
+                    header.set_uid(owner.0);
+                    header.set_gid(owner.1);
                     header.set_size(0);
                     builder
                         .append_data(&mut header, path, &[][..])
                         .expect("append dir to in-memory tar");
                 }
-                Entry::File { contents, mode } => {
+                Entry::File {
+                    contents,
+                    mode,
+                    owner,
+                } => {
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_mode(*mode);
+                    header.set_uid(owner.0);
+                    header.set_gid(owner.1);
                     header.set_size(contents.len() as u64);
                     builder
                         .append_data(&mut header, path, &contents[..])
