@@ -18,8 +18,9 @@ bin=$target/release/imgstore
 work=$target/tmp/boot-share
 root=$work/root
 
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" \
-  --bin imgstore --example boot_qemu --example config_time
+# Separate builds: an example build turns on dev-dependency features the binary must not get.
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin imgstore
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --example boot_qemu --example config_time
 kit=$("$repo/scripts/vm-kit.sh")
 rm -rf "$work"
 mkdir -p "$work/boot/boot" "$work/top"

@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
-cargo build --release --quiet --bin imgstore --example boot_qemu
+# Two builds: building an example turns on the dev-dependency features (`unstable`), which the
+# imgstore binary must not get.
+cargo build --release --quiet --bin imgstore
+cargo build --release --quiet --example boot_qemu
 kit="$(./scripts/vm-kit.sh)"
 bin="$PWD/target/release/imgstore"
 work="$PWD/target/demo"

@@ -21,7 +21,7 @@ use crate::cli_support::{run, Run};
 use crate::oci_image::{host_and_other_arch, ImageBuilder, LayerBuilder, OciLayout};
 use crate::registry_server::TestRegistry;
 use crate::vm::qemu::{qemu_argv, BootSpec, DiskSpec, QemuOptions, TranslateError, VmSpec};
-use crate::vm::{boot, initrd, kernel, options, GuestRun};
+use crate::vm::{boot, boot_firmware, initrd, kernel, options, GuestRun};
 
 /// Debian 12's OVMF (package `ovmf`): code, and the variable store template.
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -362,7 +362,7 @@ fn cloud_image_boots_through_uefi_firmware() {
             ..options(1)
         };
         let argv = qemu_argv(&spec, &opts).expect("translate");
-        let run = boot(&argv);
+        let run = boot_firmware(&argv);
         let disk = run.said_starting("disk cocoon-base ");
         assert!(
             disk.len() == 1 && disk[0].ends_with(" ro=1"),
