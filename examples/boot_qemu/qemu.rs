@@ -91,7 +91,8 @@ pub struct QemuOptions {
     /// without it the firmware is loaded with `-bios` (a combined OVMF.fd).
     pub firmware_vars: Option<PathBuf>,
     /// How many disks go on their own virtio-blk PCI slot; beyond that, all disks go on one
-    /// virtio-scsi controller. `-M pc` has 32 PCI slots, a few taken by the chipset.
+    /// virtio-scsi controller. `-M pc -nodefaults` has 30 free PCI slots (QEMU 7.2 took a 30th
+    /// virtio-blk-pci and refused a 31st).
     pub max_virtio_blk: usize,
     /// Serial console.
     pub console: Console,
@@ -113,7 +114,7 @@ impl Default for QemuOptions {
     }
 }
 
-/// Default for [`QemuOptions::max_virtio_blk`]: leaves a few of the 29 free slots of `-M pc`
+/// Default for [`QemuOptions::max_virtio_blk`]: leaves 6 of the 30 free slots of `-M pc -nodefaults`
 /// for a NIC and other devices.
 pub const MAX_VIRTIO_BLK: usize = 24;
 /// Targets of one virtio-scsi controller as QEMU numbers them (`scsi-id` 0..=255).
