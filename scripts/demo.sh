@@ -47,12 +47,12 @@ run list -o json
 
 # Boot it: config → examples/boot_qemu (the reference translation) → QEMU (TCG; IMGSTORE_VM_KVM=1
 # for KVM). The guest's first line of its own is hello.txt, read through the overlay of the layers.
-say "imgstore -o json config demo-oci > config.json; boot_qemu --json config.json  # then run it"
+say "imgstore -o json config demo-oci; boot_qemu demo-oci  # Store::config -> QEMU command line"
 t0=$(date +%s%N)
 "$bin" --root "$root" -o json config demo-oci >"$work/config.json"
 t1=$(date +%s%N)
 disks=$(grep -o '"serial"' "$work/config.json" | wc -l)
-cmd=$(target/release/examples/boot_qemu --json "$work/config.json" \
+cmd=$(target/release/examples/boot_qemu --root "$root" demo-oci \
   --append "console=ttyS0 panic=-1 quiet imgstore.disks=$disks")
 echo "$cmd"
 t2=$(date +%s%N)
@@ -67,5 +67,7 @@ while IFS= read -r line; do
 done < <(eval "timeout 120 $cmd" 2>&1)
 [ "$first" = "hello from a layer" ] || { echo "demo: the guest did not print hello.txt" >&2; exit 1; }
 printf '\nguest: %s\n' "$first"
-printf 'config took %d ms (CLI process, start to exit); the guest reached init %d ms after QEMU started (TCG)\n' \
-  $(((t1 - t0) / 1000000)) "$init_ms"
+accel=TCG
+[ "${IMGSTORE_VM_KVM:-}" != 1 ] || accel=KVM
+printf 'config took %d ms (CLI process, start to exit); the guest reached init %d ms after QEMU started (%s)\n' \
+  $(((t1 - t0) / 1000000)) "$init_ms" "$accel"
