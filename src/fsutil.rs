@@ -11,52 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
-/// A filesystem operation that failed, with what was being done and where.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// An I/O error.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done ("creating directory", "renaming temp file into blobs/", ...).
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-}
+/// A filesystem operation that failed: every failure here is an I/O error with its action and
+/// path.
+pub use crate::error::IoError as Error;
 
-impl Error {
-    /// The action, path and cause, for modules that keep their own I/O variant.
-    #[must_use]
-    pub fn into_parts(self) -> (&'static str, PathBuf, io::Error) {
-        match self {
-            Error::Io {
-                action,
-                path,
-                source,
-            } => (action, path, source),
-        }
-    }
-
-    /// The underlying I/O error.
-    #[must_use]
-    pub fn io(&self) -> &io::Error {
-        match self {
-            Error::Io { source, .. } => source,
-        }
-    }
-}
-
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::error::io_err;
 
 /// Mode of directories imgstore creates.
 pub const DIR_MODE: u32 = 0o750;

@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use crate::digest::{is_hex64, Digest};
+use crate::error::{io_err, IoError};
 use crate::fsutil;
 use crate::index::file::Db;
 use crate::index::{CloudEntry, OciEntry};
@@ -90,18 +91,9 @@ pub enum Error {
     /// An index could not be read.
     #[error(transparent)]
     Index(#[from] crate::index::file::Error),
-    /// Listing a directory failed.
-    #[error("listing {}: {source}", path.display())]
-    List {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A filesystem change failed.
+    /// An I/O error (listing a directory, removing an entry), with what was being done and where.
     #[error(transparent)]
-    Fs(#[from] fsutil::Error),
+    Io(#[from] IoError),
     /// A lock file could not be taken or removed.
     #[error("digest lock for {}: {source}", path.display())]
     Lock {
@@ -247,15 +239,9 @@ fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
     match fs::read_dir(dir) {
         Ok(rd) => rd
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| Error::List {
-                path: dir.to_path_buf(),
-                source,
-            }),
+            .map_err(|e| io_err("listing", dir)(e).into()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(Error::List {
-            path: dir.to_path_buf(),
-            source,
-        }),
+        Err(e) => Err(io_err("listing", dir)(e).into()),
     }
 }
 

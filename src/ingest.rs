@@ -13,14 +13,15 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use sha2::Digest as _;
 
+use crate::error::IoError;
 use crate::digest::{Algorithm, Digest, Sums};
-use crate::fsutil::{self, TempFile};
+use crate::fsutil::TempFile;
 
 /// Size of one pipeline buffer. With 1 MiB buffers and 8 of them the four threads handed work
 /// to each other so often on 2 cores that staging 1 GiB took 1.43x sha256 alone; 4 MiB x 16
@@ -35,17 +36,9 @@ const ALIGN: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O error on a file of the store or a source file.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done ("writing", "opening part", ...).
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// An I/O error, with what was being done and where.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The content does not hash to the expected digest.
     #[error("digest mismatch for {source_name}: expected {expected}, got {actual}")]
     Mismatch {
@@ -86,9 +79,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A temp-file operation failed.
-    #[error(transparent)]
-    Fs(#[from] fsutil::Error),
 }
 
 /// What the caller knows of the input in advance. `Default` expects nothing.
@@ -176,7 +166,7 @@ impl<R: Read> Source for NamedReader<'_, R> {
 /// Parts read one after the other; a read error names the part.
 #[cfg(feature = "unstable")]
 struct Parts<'a> {
-    paths: &'a [PathBuf],
+    paths: &'a [std::path::PathBuf],
     files: Vec<File>,
     current: usize,
 }
@@ -236,18 +226,14 @@ pub fn stage(
 #[cfg(feature = "unstable")]
 pub fn stage_files(
     temp_dir: &Path,
-    parts: &[PathBuf],
+    parts: &[std::path::PathBuf],
     expected: &Expected,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Staged, Error> {
     let files = parts
         .iter()
         .map(|p| {
-            File::open(p).map_err(|source| Error::Io {
-                action: "opening part",
-                path: p.clone(),
-                source,
-            })
+            File::open(p).map_err(|source| Error::Io(IoError::new("opening part", p.clone(), source)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let name = parts
@@ -379,11 +365,7 @@ impl<'a> Writer<'a> {
     }
 
     fn error(&self, source: io::Error) -> Error {
-        Error::Io {
-            action: "writing",
-            path: self.path.to_path_buf(),
-            source,
-        }
+        Error::Io(IoError::new("writing", self.path, source))
     }
 }
 

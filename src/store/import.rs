@@ -80,7 +80,7 @@ pub(super) fn head_of(path: &Path) -> Result<Vec<u8>, Error> {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err("reading", path)(e)),
+            Err(e) => return Err(io_err("reading", path)(e).into()),
         }
     }
     head.truncate(n);

@@ -24,7 +24,7 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
-use crate::fsutil;
+use crate::error::{io_err, IoError};
 use crate::lock;
 use crate::lookup;
 
@@ -51,7 +51,7 @@ pub mod error {
     pub use crate::backend::cloudimg::Error as CloudError;
     pub use crate::backend::oci::erofs::Error as LayerError;
     pub use crate::backend::oci::registry::Error as RegistryError;
-    pub use crate::fsutil::Error as FsError;
+    pub use crate::error::IoError;
     pub use crate::index::file::Error as IndexError;
     pub use crate::ingest::Error as IngestError;
     pub use crate::lock::Error as LockError;
@@ -78,9 +78,6 @@ pub enum Error {
     /// Hashing a stored file failed.
     #[error(transparent)]
     Verify(#[from] crate::verify::Error),
-    /// A filesystem change failed.
-    #[error(transparent)]
-    Fs(#[from] fsutil::Error),
     /// A cloud image was refused or could not be fetched or converted.
     #[error(transparent)]
     Cloud(#[from] crate::backend::cloudimg::Error),
@@ -147,16 +144,8 @@ pub enum Error {
         what: &'static str,
     },
     /// An I/O error, with what was being done and where.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done ("opening", "reading", …).
-        action: &'static str,
-        /// The file involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// Any other failure with its context.
     #[error("{0}")]
     Other(String),
@@ -171,18 +160,6 @@ impl From<crate::backend::oci::registry::Error> for Error {
 impl From<crate::ingest::Error> for Error {
     fn from(e: crate::ingest::Error) -> Self {
         Error::Ingest(Box::new(e))
-    }
-}
-
-/// Wrap an I/O error with the action and path, for `map_err`.
-pub(crate) fn io_err<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -219,6 +196,6 @@ fn file_size(path: &Path) -> Result<Option<u64>, Error> {
     match std::fs::metadata(path) {
         Ok(m) => Ok(Some(m.len())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(io_err("inspecting", path)(source)),
+        Err(source) => Err(io_err("inspecting", path)(source).into()),
     }
 }

@@ -300,7 +300,7 @@ fn split_parts_equal_the_concatenation() {
     let err =
         ingest::stage_files(temp.path(), &missing, &Expected::default(), &no_progress).unwrap_err();
     assert!(
-        matches!(err, Error::Io { ref path, .. } if path.ends_with("nope")),
+        matches!(err, Error::Io(ref e) if e.path().ends_with("nope")),
         "{err:?}"
     );
     drop((split, whole));
