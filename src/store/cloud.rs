@@ -57,7 +57,13 @@ fn sniffed(mut r: impl Read, source_name: &str) -> Result<(Vec<u8>, impl Read), 
             Err(e) if cloudimg::Error::from_io_ref(&e).is_some() => {
                 return Err(cloudimg::Error::from_io(e, source_name).into())
             }
-            Err(e) => return Err(Error::Other(format!("reading {source_name}: {e}"))),
+            Err(source) => {
+                return Err(crate::ingest::Error::Read {
+                    source_name: source_name.to_owned(),
+                    source,
+                }
+                .into())
+            }
         }
     }
     head.truncate(n);
@@ -76,7 +82,7 @@ impl Store {
         match source {
             CloudSource::Files(parts) => {
                 if parts.is_empty() {
-                    return Err(Error::Other("no files to import".into()));
+                    return Err(Error::NoInput { what: "files" });
                 }
                 let source_name = parts
                     .iter()
@@ -87,7 +93,7 @@ impl Store {
                 for p in parts {
                     let f = std::fs::File::open(p).map_err(io_err("opening", p))?;
                     if f.metadata().is_ok_and(|m| m.is_dir()) {
-                        return Err(Error::Other(format!("{} is a directory", p.display())));
+                        return Err(Error::IsDirectory { path: p.clone() });
                     }
                     readers.push(f);
                 }
@@ -149,7 +155,9 @@ impl Store {
             f => f,
         };
         if head.is_empty() {
-            return Err(Error::Other(format!("{source_name} is empty")));
+            return Err(Error::EmptySource {
+                source_name: source_name.to_owned(),
+            });
         }
         fsutil::create_dir_all(&b.temp_dir())?;
         let expected = Expected {

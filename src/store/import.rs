@@ -56,11 +56,7 @@ impl Store {
             Kind::CloudImg => self.import_cloud(name, &CloudSource::Files(files.to_vec())),
             Kind::Oci => {
                 let source = match files {
-                    [] => {
-                        return Err(Error::Other(
-                            "OCI images cannot be imported from stdin; pass layer tars, an OCI layout directory or an oci-archive".into(),
-                        ))
-                    }
+                    [] => return Err(Error::OciFromStdin),
                     [one] if one.is_dir() => OciSource::Layout(one.clone()),
                     [one] if is_oci_archive(one) => OciSource::Archive(one.clone()),
                     many => OciSource::LayerTars(many.to_vec()),

@@ -24,6 +24,7 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
+use crate::digest::Digest;
 use crate::error::{io_err, IoError};
 use crate::lock;
 use crate::lookup;
@@ -34,8 +35,8 @@ pub use config::{Boot, Disk, VmConfig};
 pub use oci::OciSource;
 pub use open::{OnWait, Progress, StoreOptions};
 pub use remove::Removed;
-pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Snapshot};
-pub use verify::VerifyEntry;
+pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Role, Snapshot};
+pub use verify::{Status, VerifyEntry};
 
 pub use crate::backend::cloudimg::Limits as CloudLimits;
 pub use crate::backend::oci::registry::{ClientOptions as RegistryOptions, Credentials, Platform};
@@ -146,9 +147,46 @@ pub enum Error {
     /// An I/O error, with what was being done and where.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// Any other failure with its context.
-    #[error("{0}")]
-    Other(String),
+    /// A blob is already published under the key with other content (boxed: two digests).
+    #[error(transparent)]
+    BlobConflict(Box<BlobConflict>),
+    /// An import was given nothing to read.
+    #[error("no {what} to import")]
+    NoInput {
+        /// What was missing ("files", "layer tars").
+        what: &'static str,
+    },
+    /// OCI images need files: layer tars, a layout directory or an archive.
+    #[error(
+        "OCI images cannot be imported from stdin; pass layer tars, an OCI layout directory or an oci-archive"
+    )]
+    OciFromStdin,
+    /// A directory was given where a disk image file was expected.
+    #[error("{} is a directory", path.display())]
+    IsDirectory {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The source of a cloud image holds no bytes.
+    #[error("{source_name} is empty")]
+    EmptySource {
+        /// The file, URL or "stdin".
+        source_name: String,
+    },
+    /// A directory given as an OCI layout has no `oci-layout` file.
+    #[error("{} is not an OCI image layout (no oci-layout file)", path.display())]
+    NotOciLayout {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// An oci-archive holds an entry whose name could escape the unpack directory.
+    #[error("{}: unsafe entry {}", archive.display(), entry.display())]
+    UnsafeArchiveEntry {
+        /// The archive.
+        archive: PathBuf,
+        /// The entry's name.
+        entry: PathBuf,
+    },
 }
 
 impl From<crate::backend::oci::registry::Error> for Error {
@@ -161,6 +199,19 @@ impl From<crate::ingest::Error> for Error {
     fn from(e: crate::ingest::Error) -> Self {
         Error::Ingest(Box::new(e))
     }
+}
+
+/// A blob is already published under its key with other content (written outside the
+/// digest-lock protocol); it is never overwritten.
+#[derive(Debug, thiserror::Error)]
+#[error("{} exists with different content ({actual}, expected {expected}); run `imgstore verify`", path.display())]
+pub struct BlobConflict {
+    /// The published blob.
+    pub path: PathBuf,
+    /// The sha256 of the bytes that were to be published.
+    pub expected: Digest,
+    /// The sha256 of the blob in place.
+    pub actual: Digest,
 }
 
 /// An image store rooted at one directory.

@@ -128,7 +128,7 @@ impl Store {
         match source {
             OciSource::LayerTars(files) => {
                 if files.is_empty() {
-                    return Err(Error::Other("no layer tars to import".into()));
+                    return Err(Error::NoInput { what: "layer tars" });
                 }
                 let mut layers = Vec::new();
                 let mut descs = Vec::new();
@@ -278,7 +278,9 @@ impl Store {
             match r {
                 Some(Ok(p)) => stored.push(p),
                 Some(Err(e)) => return Err(e),
-                None => return Err(Error::Other("a layer was not processed".into())),
+                // Workers take layers in index order and stop taking new ones only after a
+                // failure, which the loop returned above before reaching an untaken layer.
+                None => unreachable!("a layer after a failed one is never left untaken"),
             }
         }
         Ok(stored)

@@ -8,7 +8,7 @@ use crate::layout::Kind;
 use crate::lock::{self, LockGuard};
 use crate::verify;
 
-use super::{file_size, io_err, Error, Store};
+use super::{file_size, io_err, BlobConflict, Error, Store};
 
 impl Store {
     /// Take the per-digest ingest lock of `key` in backend `kind` (creating temp/ if needed).
@@ -49,12 +49,11 @@ impl Store {
                 if existing.sha256 == sums.sha256 {
                     Ok(existing)
                 } else {
-                    Err(Error::Other(format!(
-                        "{} exists with different content ({}, expected {}); run `imgstore verify`",
-                        dest.display(),
-                        existing.sha256,
-                        sums.sha256
-                    )))
+                    Err(Error::BlobConflict(Box::new(BlobConflict {
+                        path: dest,
+                        expected: sums.sha256,
+                        actual: existing.sha256,
+                    })))
                 }
             }
         }

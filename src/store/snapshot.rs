@@ -28,13 +28,44 @@ pub struct ListEntry {
     pub created_at: String,
 }
 
+/// What a stored file is to its image; serialized as `layer`, `kernel`, `initrd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Role {
+    /// A disk: an EROFS layer (oci) or the qcow2 (cloudimg).
+    Layer,
+    /// The kernel of an oci image (`boot/<layer>/vmlinuz`).
+    Kernel,
+    /// The initrd of an oci image (`boot/<layer>/initrd.img`).
+    Initrd,
+}
+
+impl Role {
+    /// The name shown to users and written in JSON.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Layer => "layer",
+            Role::Kernel => "kernel",
+            Role::Initrd => "initrd",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A stored file of an image.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct BlobInfo {
     /// Where it is.
     pub path: PathBuf,
     /// `layer`, `kernel` or `initrd`.
-    pub role: &'static str,
+    pub role: Role,
     /// Key digest (layer digest / content sum); the file is named after it.
     pub key: Digest,
     /// Recorded size, if known.
@@ -235,8 +266,12 @@ impl Store {
             }
             Kind::CloudImg => {
                 let e = snap.cloud.get(&first).expect("resolved keys exist");
-                let blob =
-                    BlobInfo::new(b.blob_path(&e.content_sum), "layer", e.content_sum, e.blob);
+                let blob = BlobInfo::new(
+                    b.blob_path(&e.content_sum),
+                    Role::Layer,
+                    e.content_sum,
+                    e.blob,
+                );
                 (e.id(), e.size, e.created_at.clone(), vec![blob])
             }
         };
@@ -256,17 +291,17 @@ pub(super) fn oci_blobs(b: &BackendLayout, e: &OciEntry) -> Vec<BlobInfo> {
     let mut blobs: Vec<BlobInfo> = e
         .layers
         .iter()
-        .map(|l| BlobInfo::new(b.blob_path(&l.digest), "layer", l.digest, l.blob))
+        .map(|l| BlobInfo::new(b.blob_path(&l.digest), Role::Layer, l.digest, l.blob))
         .collect();
     blobs.push(BlobInfo::new(
         b.kernel_path(&e.kernel_layer),
-        "kernel",
+        Role::Kernel,
         e.kernel_layer,
         e.kernel,
     ));
     blobs.push(BlobInfo::new(
         b.initrd_path(&e.initrd_layer),
-        "initrd",
+        Role::Initrd,
         e.initrd_layer,
         e.initrd,
     ));
@@ -274,7 +309,7 @@ pub(super) fn oci_blobs(b: &BackendLayout, e: &OciEntry) -> Vec<BlobInfo> {
 }
 
 impl BlobInfo {
-    pub(super) fn new(path: PathBuf, role: &'static str, key: Digest, sums: Option<Sums>) -> Self {
+    pub(super) fn new(path: PathBuf, role: Role, key: Digest, sums: Option<Sums>) -> Self {
         Self {
             path,
             role,

@@ -18,7 +18,7 @@
 )]
 
 mod auth;
-mod manifest;
+pub(crate) mod manifest;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -36,14 +36,8 @@ pub use manifest::{Descriptor, Manifest, Platform};
 #[cfg(feature = "unstable")]
 pub use manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
-use manifest::Parsed;
+use manifest::{Parsed, CONFIG_LIMIT, MANIFEST_LIMIT};
 
-/// Registries refuse manifests over 4 MiB; anything bigger is not a manifest.
-const MANIFEST_LIMIT: u64 = 4 << 20;
-/// An image config is small JSON; a huge one is a hostile or broken registry.
-const CONFIG_LIMIT: u64 = 32 << 20;
-/// Index → index → manifest is legal; deeper nesting is refused rather than followed forever.
-const MAX_INDEX_DEPTH: usize = 4;
 const READ_BUF: usize = 256 << 10;
 
 /// Why a registry operation failed. Every variant names the registry and what was being fetched.
@@ -813,20 +807,9 @@ impl Client {
                 Parsed::Index(entries) => entries,
             };
             depth += 1;
-            if depth > MAX_INDEX_DEPTH {
-                return Err(Error::BadManifest {
-                    what: image,
-                    reason: format!("indexes nested deeper than {MAX_INDEX_DEPTH} levels"),
-                });
-            }
+            manifest::check_depth(depth, &image)?;
             index_digest.get_or_insert(digest);
-            let entry = manifest::choose(&entries, &self.platform).map_err(|available| {
-                Error::NoMatchingPlatform {
-                    image: image.clone(),
-                    wanted: self.platform.clone(),
-                    available,
-                }
-            })?;
+            let entry = manifest::choose_entry(&entries, &self.platform, &image)?;
             let child = entry.digest.to_string();
             let what = repo.what("manifest", &child);
             let FetchedManifest {
@@ -890,22 +873,7 @@ impl Client {
             || Ok(Vec::with_capacity(manifest.config.size as usize)),
             |_| {},
         )?;
-        let found: manifest::ConfigPlatform =
-            serde_json::from_slice(&config).map_err(|e| Error::BadManifest {
-                what: config_what.clone(),
-                reason: format!("not an image config: {e}"),
-            })?;
-        if found.os != self.platform.os || found.architecture != self.platform.architecture {
-            let mut found_text = format!("{}/{}", found.os, found.architecture);
-            if let Some(v) = &found.variant {
-                found_text = format!("{found_text}/{v}");
-            }
-            return Err(Error::WrongPlatform {
-                image: image.to_owned(),
-                wanted: self.platform.clone(),
-                found: found_text,
-            });
-        }
+        manifest::check_config(&config, &self.platform, &config_what, image)?;
         Ok(config)
     }
 
