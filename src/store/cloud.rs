@@ -42,31 +42,23 @@ pub struct PullOutcome {
     pub reused: bool,
 }
 
-/// How many bytes of the source are looked at to tell its format.
-const SNIFF_LEN: usize = 4096;
-
-/// Reads the first bytes of a stream for sniffing, then hands them back ahead of the rest.
+/// Reads the first [`cloudimg::SNIFF_LEN`] bytes of a stream for sniffing, then hands them back
+/// ahead of the rest.
 fn sniffed(mut r: impl Read, source_name: &str) -> Result<(Vec<u8>, impl Read), Error> {
-    let mut head = vec![0u8; SNIFF_LEN];
-    let mut n = 0;
-    while n < head.len() {
-        match r.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if cloudimg::Error::from_io_ref(&e).is_some() => {
-                return Err(cloudimg::Error::from_io(e, source_name).into())
-            }
-            Err(source) => {
-                return Err(crate::ingest::Error::Read {
-                    source_name: source_name.to_owned(),
-                    source,
-                }
-                .into())
-            }
+    let mut head = Vec::with_capacity(cloudimg::SNIFF_LEN);
+    if let Err(e) = (&mut r)
+        .take(cloudimg::SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+    {
+        if cloudimg::Error::from_io_ref(&e).is_some() {
+            return Err(cloudimg::Error::from_io(e, source_name).into());
         }
+        return Err(crate::ingest::Error::Read {
+            source_name: source_name.to_owned(),
+            source: e,
+        }
+        .into());
     }
-    head.truncate(n);
     let chained = std::io::Cursor::new(head.clone()).chain(r);
     Ok((head, chained))
 }

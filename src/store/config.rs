@@ -7,7 +7,9 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::layout::Kind;
 
-use super::snapshot::{BlobInfo, ImageInfo, Role, Snapshot};
+use crate::layout::Role;
+
+use super::snapshot::{BlobInfo, ImageInfo, Snapshot};
 use super::{file_size, Error, Store};
 
 /// One disk of a VM configuration.

@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::backend::cloudimg::SNIFF_LEN;
 use crate::digest::Digest;
 use crate::layout::Kind;
 
@@ -67,19 +68,13 @@ impl Store {
     }
 }
 
+/// The first [`SNIFF_LEN`] bytes of `path` (fewer if it is shorter).
 pub(super) fn head_of(path: &Path) -> Result<Vec<u8>, Error> {
-    let mut f = std::fs::File::open(path).map_err(io_err("opening", path))?;
-    let mut head = vec![0u8; 512];
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err("reading", path)(e).into()),
-        }
-    }
-    head.truncate(n);
+    let f = std::fs::File::open(path).map_err(io_err("opening", path))?;
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    f.take(SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(io_err("reading", path))?;
     Ok(head)
 }
 

@@ -29,13 +29,13 @@ use crate::error::{io_err, IoError};
 use crate::lock;
 use crate::lookup;
 
-pub use crate::layout::{default_root, BackendLayout, Kind, Layout};
+pub use crate::layout::{default_root, BackendLayout, Kind, Layout, Role};
 pub use cloud::{CloudSource, PullOutcome};
 pub use config::{Boot, Disk, VmConfig};
 pub use oci::OciSource;
 pub use open::{OnWait, Progress, StoreOptions};
 pub use remove::Removed;
-pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Role, Snapshot};
+pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Snapshot};
 pub use verify::{Status, VerifyEntry};
 
 pub use crate::backend::cloudimg::Limits as CloudLimits;

@@ -65,11 +65,11 @@ struct Stored {
 /// A layer ready to publish: already in the store, or converted into a held temp dir.
 struct Prepared {
     stored: Stored,
-    staged: Option<Staged>,
+    staged: Option<Converted>,
 }
 
 /// A converted layer waiting in its temp dir (dropping it removes everything).
-struct Staged {
+struct Converted {
     _work: TempDir,
     blob: PathBuf,
     boot: PathBuf,
@@ -218,7 +218,12 @@ impl Store {
     }
 
     /// Boot files first, then the blob: a blob that exists always has its boot dir.
-    fn publish_layer(&self, digest: &Digest, staged: &Staged, sums: Sums) -> Result<Sums, Error> {
+    fn publish_layer(
+        &self,
+        digest: &Digest,
+        staged: &Converted,
+        sums: Sums,
+    ) -> Result<Sums, Error> {
         let b = self.layout.backend(Kind::Oci);
         let names = fsutil::names_in(&staged.boot)?;
         if !names.is_empty() {
@@ -470,7 +475,7 @@ impl Store {
         };
         Ok(Prepared {
             stored,
-            staged: Some(Staged {
+            staged: Some(Converted {
                 _work: work,
                 blob,
                 boot,

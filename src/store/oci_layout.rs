@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::backend::oci::registry::manifest::{self, Parsed, CONFIG_LIMIT, MANIFEST_LIMIT};
+use crate::backend::oci::registry::manifest::{self, CONFIG_LIMIT, MANIFEST_LIMIT};
 use crate::backend::oci::registry::{Error as RegistryError, Platform};
 use crate::digest::Digest;
 use crate::fsutil;
@@ -41,25 +41,9 @@ fn blob_in(dir: &Path, d: &Digest) -> PathBuf {
 /// Read the blob `d` of `size` bytes named by a descriptor, checking both.
 fn read_blob(dir: &Path, d: &Digest, size: u64, limit: u64) -> Result<Vec<u8>, Error> {
     let path = blob_in(dir, d);
-    let what = path.display().to_string();
     let bytes = read_limited(&path, limit)?;
-    if bytes.len() as u64 != size {
-        return Err(RegistryError::SizeMismatch {
-            what,
-            expected: size,
-            actual: bytes.len() as u64,
-        }
-        .into());
-    }
-    let actual = Digest::sha256_of(&bytes);
-    if actual != *d {
-        return Err(RegistryError::DigestMismatch {
-            what,
-            expected: *d,
-            actual,
-        }
-        .into());
-    }
+    let got = (Digest::sha256_of(&bytes), bytes.len() as u64);
+    manifest::check_content(&path.display().to_string(), (*d, size), got)?;
     Ok(bytes)
 }
 
@@ -80,22 +64,14 @@ pub(super) fn read_layout<'a>(
         let what = path.display().to_string();
         move |reason| RegistryError::BadManifest { what, reason }
     };
-    let mut parsed = manifest::parse(&bytes, None).map_err(bad(&index_path))?;
-    let mut depth = 0;
+    let parsed = manifest::parse(&bytes, None).map_err(bad(&index_path))?;
     let mut digest = None;
-    let m = loop {
-        let entries = match parsed {
-            Parsed::Image(m) => break m,
-            Parsed::Index(entries) => entries,
-        };
-        depth += 1;
-        manifest::check_depth(depth, &image)?;
-        let entry = manifest::choose_entry(&entries, platform, &image)?;
+    let m = manifest::follow_indexes(parsed, platform, &image, |entry| {
         let bytes = read_blob(dir, &entry.digest, entry.size, MANIFEST_LIMIT)?;
-        let hint = Some(entry.media_type.as_str()).filter(|m| !m.is_empty());
-        parsed = manifest::parse(&bytes, hint).map_err(bad(&blob_in(dir, &entry.digest)))?;
         digest = Some(entry.digest);
-    };
+        let what = blob_in(dir, &entry.digest).display().to_string();
+        Ok::<_, Error>((bytes, None, what))
+    })?;
     // index.json is always an index, so the loop went through it at least once.
     let digest = digest.ok_or_else(|| RegistryError::BadManifest {
         what: index_path.display().to_string(),
@@ -107,24 +83,8 @@ pub(super) fn read_layout<'a>(
     let mut out = Vec::new();
     for l in m.layers {
         let p = blob_in(dir, &l.digest);
-        let (got, size) = verify::hash_file(&p, l.digest.algorithm())?;
-        let what = p.display().to_string();
-        if size != l.size {
-            return Err(RegistryError::SizeMismatch {
-                what,
-                expected: l.size,
-                actual: size,
-            }
-            .into());
-        }
-        if got != l.digest {
-            return Err(RegistryError::DigestMismatch {
-                what,
-                expected: l.digest,
-                actual: got,
-            }
-            .into());
-        }
+        let got = verify::hash_file(&p, l.digest.algorithm())?;
+        manifest::check_content(&p.display().to_string(), (l.digest, l.size), got)?;
         out.push(Layer {
             digest: l.digest,
             from: LayerFrom::File(p),

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::digest::{Digest, Sums};
 use crate::index::{CloudEntry, Entry, IndexFile, OciEntry};
-use crate::layout::{BackendLayout, Kind};
+use crate::layout::{BackendLayout, Kind, Role};
 use crate::lookup::{Item, Lookup};
 use crate::reference::Reference;
 
@@ -26,37 +26,6 @@ pub struct ListEntry {
     pub size: u64,
     /// When it was stored (RFC 3339).
     pub created_at: String,
-}
-
-/// What a stored file is to its image; serialized as `layer`, `kernel`, `initrd`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Role {
-    /// A disk: an EROFS layer (oci) or the qcow2 (cloudimg).
-    Layer,
-    /// The kernel of an oci image (`boot/<layer>/vmlinuz`).
-    Kernel,
-    /// The initrd of an oci image (`boot/<layer>/initrd.img`).
-    Initrd,
-}
-
-impl Role {
-    /// The name shown to users and written in JSON.
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Role::Layer => "layer",
-            Role::Kernel => "kernel",
-            Role::Initrd => "initrd",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// A stored file of an image.
@@ -262,17 +231,11 @@ impl Store {
         let (id, size, created_at, blobs) = match kind {
             Kind::Oci => {
                 let e = snap.oci.get(&first).expect("resolved keys exist");
-                (e.id(), e.size, e.created_at.clone(), oci_blobs(&b, e))
+                (e.id(), e.size, e.created_at.clone(), blobs_of(&b, e))
             }
             Kind::CloudImg => {
                 let e = snap.cloud.get(&first).expect("resolved keys exist");
-                let blob = BlobInfo::new(
-                    b.blob_path(&e.content_sum),
-                    Role::Layer,
-                    e.content_sum,
-                    e.blob,
-                );
-                (e.id(), e.size, e.created_at.clone(), vec![blob])
+                (e.id(), e.size, e.created_at.clone(), blobs_of(&b, e))
             }
         };
         ImageInfo {
@@ -287,25 +250,12 @@ impl Store {
     }
 }
 
-pub(super) fn oci_blobs(b: &BackendLayout, e: &OciEntry) -> Vec<BlobInfo> {
-    let mut blobs: Vec<BlobInfo> = e
-        .layers
-        .iter()
-        .map(|l| BlobInfo::new(b.blob_path(&l.digest), Role::Layer, l.digest, l.blob))
-        .collect();
-    blobs.push(BlobInfo::new(
-        b.kernel_path(&e.kernel_layer),
-        Role::Kernel,
-        e.kernel_layer,
-        e.kernel,
-    ));
-    blobs.push(BlobInfo::new(
-        b.initrd_path(&e.initrd_layer),
-        Role::Initrd,
-        e.initrd_layer,
-        e.initrd,
-    ));
-    blobs
+/// The stored files of an entry, with their paths.
+fn blobs_of(b: &BackendLayout, e: &impl Entry) -> Vec<BlobInfo> {
+    e.files()
+        .into_iter()
+        .map(|f| BlobInfo::new(b.file_path(f.role, &f.key), f.role, f.key, f.sums))
+        .collect()
 }
 
 impl BlobInfo {

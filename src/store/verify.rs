@@ -7,7 +7,9 @@ use serde::Serialize;
 use crate::digest::Algorithm;
 use crate::verify::{self, Check, Outcome};
 
-use super::snapshot::{ImageInfo, Role};
+use crate::layout::Role;
+
+use super::snapshot::ImageInfo;
 use super::{Error, Store};
 
 /// The verdict on one stored file; serialized as `ok`, `corrupt`, `missing`, `truncated`,

@@ -24,12 +24,12 @@ mod format;
 mod http;
 mod qemu;
 
-pub use format::{sniff, Format};
+pub use format::{sniff, Format, SNIFF_LEN};
 pub use http::open;
 pub use qemu::{check_untrusted, convert, plan, Plan};
 #[cfg(feature = "unstable")]
 pub use {
-    format::{candidate_format, qcow2_header, Qcow2Header, SNIFF_LEN},
+    format::{candidate_format, qcow2_header, Qcow2Header},
     http::{download, Download},
     qemu::{qemu_info, ImageInfo},
 };

@@ -36,7 +36,7 @@ pub use manifest::{Descriptor, Manifest, Platform};
 #[cfg(feature = "unstable")]
 pub use manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
-use manifest::{Parsed, CONFIG_LIMIT, MANIFEST_LIMIT};
+use manifest::{CONFIG_LIMIT, MANIFEST_LIMIT};
 
 const READ_BUF: usize = 256 << 10;
 
@@ -793,54 +793,27 @@ impl Client {
                 });
             }
         }
-        let mut parsed = manifest::parse(&raw, content_type.as_deref()).map_err(|reason| {
+        let parsed = manifest::parse(&raw, content_type.as_deref()).map_err(|reason| {
             Error::BadManifest {
                 what: repo.what("manifest", reference),
                 reason,
             }
         })?;
         let mut index_digest = None;
-        let mut depth = 0;
-        let manifest = loop {
-            let entries = match parsed {
-                Parsed::Image(m) => break m,
-                Parsed::Index(entries) => entries,
-            };
-            depth += 1;
-            manifest::check_depth(depth, &image)?;
-            index_digest.get_or_insert(digest);
-            let entry = manifest::choose_entry(&entries, &self.platform, &image)?;
+        let manifest = manifest::follow_indexes(parsed, &self.platform, &image, |entry| {
             let child = entry.digest.to_string();
             let what = repo.what("manifest", &child);
             let FetchedManifest {
-                body: bytes,
-                content_type,
-                ..
+                body, content_type, ..
             } = self.get_manifest(&repo, &child)?;
-            if bytes.len() as u64 != entry.size {
-                return Err(Error::SizeMismatch {
-                    what,
-                    expected: entry.size,
-                    actual: bytes.len() as u64,
-                });
-            }
-            let actual = digest_bytes(entry.digest.algorithm(), &bytes, &what)?;
-            if actual != entry.digest {
-                return Err(Error::DigestMismatch {
-                    what,
-                    expected: entry.digest,
-                    actual,
-                });
-            }
-            // The index entry's media type is authoritative when the body omits one.
-            let hint = Some(entry.media_type.as_str())
-                .filter(|m| !m.is_empty())
-                .or(content_type.as_deref());
-            parsed = manifest::parse(&bytes, hint)
-                .map_err(|reason| Error::BadManifest { what, reason })?;
-            raw = bytes;
+            let actual = digest_bytes(entry.digest.algorithm(), &body, &what)?;
+            let got = (actual, body.len() as u64);
+            manifest::check_content(&what, (entry.digest, entry.size), got)?;
+            index_digest.get_or_insert(digest);
             digest = actual;
-        };
+            raw.clone_from(&body);
+            Ok((body, content_type, what))
+        })?;
 
         let config = self.fetch_config(&repo, &image, &manifest)?;
         Ok(Resolved {
@@ -982,21 +955,8 @@ impl Client {
                 })?;
                 progress(received);
             }
-            if received != blob.size {
-                return Err(Error::SizeMismatch {
-                    what: what.to_owned(),
-                    expected: blob.size,
-                    actual: received,
-                });
-            }
-            let actual = hasher.finish();
-            if actual != blob.digest {
-                return Err(Error::DigestMismatch {
-                    what: what.to_owned(),
-                    expected: blob.digest,
-                    actual,
-                });
-            }
+            let got = (hasher.finish(), received);
+            manifest::check_content(what, (blob.digest, blob.size), got)?;
             sink.flush().map_err(|source| Error::Sink {
                 what: what.to_owned(),
                 source,

@@ -231,6 +231,51 @@ pub(crate) fn choose_entry<'a>(
     })
 }
 
+/// Follow indexes from `parsed` down to the image manifest for `want`, as pull and layout import
+/// both do. `fetch` returns the verified bytes of the chosen entry, the content type they came
+/// with (if any) and a name for them in errors.
+pub(crate) fn follow_indexes<E: From<Error>>(
+    mut parsed: Parsed,
+    want: &Platform,
+    image: &str,
+    mut fetch: impl FnMut(&IndexEntry) -> Result<(Vec<u8>, Option<String>, String), E>,
+) -> Result<Manifest, E> {
+    let mut depth = 0;
+    loop {
+        let entries = match parsed {
+            Parsed::Image(m) => return Ok(m),
+            Parsed::Index(entries) => entries,
+        };
+        depth += 1;
+        check_depth(depth, image)?;
+        let entry = choose_entry(&entries, want, image)?;
+        let (bytes, content_type, what) = fetch(entry)?;
+        // The index entry's media type is authoritative when the body omits one.
+        let hint = Some(entry.media_type.as_str())
+            .filter(|m| !m.is_empty())
+            .or(content_type.as_deref());
+        parsed = parse(&bytes, hint).map_err(|reason| Error::BadManifest { what, reason })?;
+    }
+}
+
+/// Content named by a descriptor must have its size and digest; `got` is the (digest, size) of
+/// what arrived. A wrong size is reported first: it needs no hashing to be sure of.
+pub(crate) fn check_content(
+    what: &str,
+    want: (Digest, u64),
+    got: (Digest, u64),
+) -> Result<(), Error> {
+    let what = what.to_owned();
+    let ((expected, expected_size), (actual, actual_size)) = (want, got);
+    if actual_size != expected_size {
+        return Err(Error::SizeMismatch { what, expected: expected_size, actual: actual_size });
+    }
+    if actual != expected {
+        return Err(Error::DigestMismatch { what, expected, actual });
+    }
+    Ok(())
+}
+
 /// Check that the image config `config` (JSON, named `what`) is for `want`.
 pub(crate) fn check_config(
     config: &[u8],
