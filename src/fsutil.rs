@@ -270,13 +270,18 @@ impl TempFile {
             .mode(0o600)
             .open(&path)
             .map_err(io_err("creating temp file", &path))?;
-        // A fresh inode nobody else has opened: this cannot be contended.
+        Ok(Self::hold(path, file))
+    }
+
+    /// Lock, track and own `file` at `path`. The inode is ours alone (a fresh one, or a tool's
+    /// output in our own held directory), so the lock cannot be contended.
+    fn hold(path: PathBuf, file: File) -> Self {
         let _ = file.try_lock();
         track(&path);
-        Ok(Self {
+        Self {
             path,
             file: Some(file),
-        })
+        }
     }
 
     /// A temp file for a tool to overwrite (e.g. `qemu-img convert`): created empty and held
@@ -284,6 +289,17 @@ impl TempFile {
     #[cfg(feature = "unstable")]
     pub fn path_in(dir: &Path, prefix: &str) -> Result<Self, Error> {
         Self::create_in(dir, prefix)
+    }
+
+    /// Take over the file a tool wrote at `path`, inside a temp directory the caller holds (a
+    /// converted image): from now on it is held and removed on drop like any other.
+    pub fn adopt(path: PathBuf) -> Result<Self, Error> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        Ok(Self::hold(path, file))
     }
 
     /// Where the file is.

@@ -14,10 +14,9 @@ use super::import::check_name;
 use super::{io_err, Error, Kind, Store};
 use crate::backend::cloudimg::{self, Format, Plan};
 use crate::digest::{Digest, Sums};
-use crate::fsutil::{self, TempDir};
+use crate::fsutil::{self, TempDir, TempFile};
 use crate::index::CloudEntry;
 use crate::ingest::{self, Expected};
-use crate::verify;
 
 /// Where a cloud image comes from.
 #[derive(Debug, Clone)]
@@ -176,24 +175,22 @@ impl Store {
             };
             let info = cloudimg::check_untrusted(staged.temp.path(), fmt, &self.opts.cloud_limits)
                 .map_err(|e| e.relabel(staged.temp.path(), source_name))?;
+            let dest = b.blob_path(&key);
             match cloudimg::plan(&info) {
-                Plan::StoreAsIs => {
-                    let sums =
-                        self.publish_blob(Kind::CloudImg, &key, staged.temp.path(), staged.sums)?;
-                    staged.temp.forget();
-                    (sums, false)
-                }
+                Plan::StoreAsIs => (ingest::publish(staged, &dest)?, false),
                 Plan::Convert { from } => {
                     let work = TempDir::create_in(&b.temp_dir(), "convert")?;
                     let out = work.path().join("out.qcow2");
                     self.progress(&format!("converting {name}"), 0, None);
                     cloudimg::convert(staged.temp.path(), from, &out)?;
                     drop(staged);
-                    cloudimg::check_untrusted(&out, "qcow2", &self.opts.cloud_limits).map_err(
-                        |e| e.relabel(&out, &format!("{source_name} (converted to qcow2)")),
-                    )?;
-                    let sums = verify::sums_of_file(&out)?;
-                    (self.publish_blob(Kind::CloudImg, &key, &out, sums)?, false)
+                    let converted = format!("{source_name} (converted to qcow2)");
+                    cloudimg::check_untrusted(&out, "qcow2", &self.opts.cloud_limits)
+                        .map_err(|e| e.relabel(&out, &converted))?;
+                    let out = TempFile::adopt(out)?;
+                    let staged =
+                        ingest::stage_filled(out, &converted, &Expected::default(), &|_| {})?;
+                    (ingest::publish(staged, &dest)?, false)
                 }
             }
         };

@@ -24,7 +24,6 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
-use crate::digest::Digest;
 use crate::error::{io_err, IoError};
 use crate::lock;
 use crate::lookup;
@@ -147,9 +146,6 @@ pub enum Error {
     /// An I/O error, with what was being done and where.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// A blob is already published under the key with other content (boxed: two digests).
-    #[error(transparent)]
-    BlobConflict(Box<BlobConflict>),
     /// An import was given nothing to read.
     #[error("no {what} to import")]
     NoInput {
@@ -199,19 +195,6 @@ impl From<crate::ingest::Error> for Error {
     fn from(e: crate::ingest::Error) -> Self {
         Error::Ingest(Box::new(e))
     }
-}
-
-/// A blob is already published under its key with other content (written outside the
-/// digest-lock protocol); it is never overwritten.
-#[derive(Debug, thiserror::Error)]
-#[error("{} exists with different content ({actual}, expected {expected}); run `imgstore verify`", path.display())]
-pub struct BlobConflict {
-    /// The published blob.
-    pub path: PathBuf,
-    /// The sha256 of the bytes that were to be published.
-    pub expected: Digest,
-    /// The sha256 of the blob in place.
-    pub actual: Digest,
 }
 
 /// An image store rooted at one directory.
