@@ -11,52 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
-/// A filesystem operation that failed, with what was being done and where.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// An I/O error.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done ("creating directory", "renaming temp file into blobs/", ...).
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-}
+/// A filesystem operation that failed: every failure here is an I/O error with its action and
+/// path.
+pub use crate::error::IoError as Error;
 
-impl Error {
-    /// The action, path and cause, for modules that keep their own I/O variant.
-    #[must_use]
-    pub fn into_parts(self) -> (&'static str, PathBuf, io::Error) {
-        match self {
-            Error::Io {
-                action,
-                path,
-                source,
-            } => (action, path, source),
-        }
-    }
-
-    /// The underlying I/O error.
-    #[must_use]
-    pub fn io(&self) -> &io::Error {
-        match self {
-            Error::Io { source, .. } => source,
-        }
-    }
-}
-
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::error::io_err;
 
 /// Mode of directories imgstore creates.
 pub const DIR_MODE: u32 = 0o750;
@@ -311,13 +270,18 @@ impl TempFile {
             .mode(0o600)
             .open(&path)
             .map_err(io_err("creating temp file", &path))?;
-        // A fresh inode nobody else has opened: this cannot be contended.
+        Ok(Self::hold(path, file))
+    }
+
+    /// Lock, track and own `file` at `path`. The inode is ours alone (a fresh one, or a tool's
+    /// output in our own held directory), so the lock cannot be contended.
+    fn hold(path: PathBuf, file: File) -> Self {
         let _ = file.try_lock();
         track(&path);
-        Ok(Self {
+        Self {
             path,
             file: Some(file),
-        })
+        }
     }
 
     /// A temp file for a tool to overwrite (e.g. `qemu-img convert`): created empty and held
@@ -325,6 +289,17 @@ impl TempFile {
     #[cfg(feature = "unstable")]
     pub fn path_in(dir: &Path, prefix: &str) -> Result<Self, Error> {
         Self::create_in(dir, prefix)
+    }
+
+    /// Take over the file a tool wrote at `path`, inside a temp directory the caller holds (a
+    /// converted image): from now on it is held and removed on drop like any other.
+    pub fn adopt(path: PathBuf) -> Result<Self, Error> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        Ok(Self::hold(path, file))
     }
 
     /// Where the file is.

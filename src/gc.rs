@@ -27,9 +27,10 @@ use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use crate::digest::{is_hex64, Digest};
+use crate::error::{io_err, IoError};
 use crate::fsutil;
 use crate::index::file::Db;
-use crate::index::{CloudEntry, OciEntry};
+use crate::index::{CloudEntry, Entry, OciEntry};
 use crate::layout::{BackendLayout, Kind, Layout};
 use crate::lock::{self, LockWait};
 
@@ -90,18 +91,9 @@ pub enum Error {
     /// An index could not be read.
     #[error(transparent)]
     Index(#[from] crate::index::file::Error),
-    /// Listing a directory failed.
-    #[error("listing {}: {source}", path.display())]
-    List {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A filesystem change failed.
+    /// An I/O error (listing a directory, removing an entry), with what was being done and where.
     #[error(transparent)]
-    Fs(#[from] fsutil::Error),
+    Io(#[from] IoError),
     /// A lock file could not be taken or removed.
     #[error("digest lock for {}: {source}", path.display())]
     Lock {
@@ -114,14 +106,14 @@ pub enum Error {
 }
 
 /// One directory entry found by the scan.
-struct Found {
+struct Scanned {
     kind: Kind,
     digest: Digest,
     blob: Option<PathBuf>,
     boot: Option<PathBuf>,
 }
 
-impl Found {
+impl Scanned {
     /// The path reports show for it: the blob, else the boot dir.
     fn path(&self) -> PathBuf {
         self.blob
@@ -149,7 +141,7 @@ pub fn collect(
 
     // Scan: every backend's blobs/, boot/ and temp/, in parallel, without locks.
     let backends: Vec<BackendLayout> = Kind::ALL.iter().map(|k| layout.backend(*k)).collect();
-    let scans: Vec<Result<Vec<Found>, Error>> = backends
+    let scans: Vec<Result<Vec<Scanned>, Error>> = backends
         .par_iter()
         .map(|b| scan_backend(b, &report))
         .collect();
@@ -173,14 +165,14 @@ pub fn collect(
     }
 
     // Candidates: unreferenced, old enough.
-    let candidates: Vec<Found> = found
+    let candidates: Vec<Scanned> = found
         .into_iter()
         .filter(|f| !live.contains(&f.digest.first32()))
         .collect();
     let grace_cut = now
         .checked_sub(opts.grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let candidates: Vec<(Found, u64)> = candidates
+    let candidates: Vec<(Scanned, u64)> = candidates
         .into_par_iter()
         .filter_map(|f| {
             let (newest, bytes) = age_and_size(&f);
@@ -247,23 +239,18 @@ fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
     match fs::read_dir(dir) {
         Ok(rd) => rd
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| Error::List {
-                path: dir.to_path_buf(),
-                source,
-            }),
+            .map_err(|e| io_err("listing", dir)(e).into()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(Error::List {
-            path: dir.to_path_buf(),
-            source,
-        }),
+        Err(e) => Err(io_err("listing", dir)(e).into()),
     }
 }
 
-fn scan_backend(b: &BackendLayout, report: &Mutex<GcReport>) -> Result<Vec<Found>, Error> {
+fn scan_backend(b: &BackendLayout, report: &Mutex<GcReport>) -> Result<Vec<Scanned>, Error> {
     let kind = b.kind();
     let ext = format!(".{}", kind.blob_ext());
     let (blobs, boots) = rayon::join(|| list_dir(&b.blobs_dir()), || list_dir(&b.boot_root()));
-    let mut by_digest: std::collections::HashMap<Digest, Found> = std::collections::HashMap::new();
+    let mut by_digest: std::collections::HashMap<Digest, Scanned> =
+        std::collections::HashMap::new();
     for (entries, is_blob) in [(blobs?, true), (boots?, false)] {
         for entry in entries {
             let name = entry.file_name();
@@ -284,7 +271,7 @@ fn scan_backend(b: &BackendLayout, report: &Mutex<GcReport>) -> Result<Vec<Found
                 });
                 continue;
             };
-            let found = by_digest.entry(digest).or_insert_with(|| Found {
+            let found = by_digest.entry(digest).or_insert_with(|| Scanned {
                 kind,
                 digest,
                 blob: None,
@@ -308,18 +295,16 @@ fn mark(layout: &Layout, opts: &GcOptions) -> Result<HashSet<[u8; 32]>, Error> {
         Db::<CloudEntry>::new(&layout.backend(Kind::CloudImg)).read(opts.lock_wait, &quiet)?;
     let mut live = HashSet::new();
     for (_, e) in oci.entries() {
-        live.extend(e.layers.iter().map(|l| l.digest.first32()));
-        live.insert(e.kernel_layer.first32());
-        live.insert(e.initrd_layer.first32());
+        live.extend(e.files().iter().map(|f| f.key.first32()));
     }
     for (_, e) in cloud.entries() {
-        live.insert(e.content_sum.first32());
+        live.extend(e.files().iter().map(|f| f.key.first32()));
     }
     Ok(live)
 }
 
 /// The newest mtime and the total size of a candidate's blob and boot files.
-fn age_and_size(f: &Found) -> (SystemTime, u64) {
+fn age_and_size(f: &Scanned) -> (SystemTime, u64) {
     let mut newest = SystemTime::UNIX_EPOCH;
     let mut bytes = 0;
     let mut visit = |m: &fs::Metadata| {
@@ -371,7 +356,7 @@ fn batch_lock(b: &BackendLayout) -> Result<lock::LockGuard, Error> {
 fn sweep_batch(
     layout: &Layout,
     opts: &GcOptions,
-    batch: &[(Found, u64)],
+    batch: &[(Scanned, u64)],
     report: &Mutex<GcReport>,
 ) -> Result<(), Error> {
     let backends: Vec<BackendLayout> = Kind::ALL.iter().map(|k| layout.backend(*k)).collect();
@@ -397,7 +382,7 @@ fn sweep_batch(
     };
 
     // Take the digest locks, never waiting; busy means an ingest of that digest is in flight.
-    let locked: Vec<(&Found, u64, Held)> = batch
+    let locked: Vec<(&Scanned, u64, Held)> = batch
         .par_iter()
         .filter_map(|(f, bytes)| {
             let lock_path = backend(f.kind).digest_lock_path(&f.digest);
@@ -465,7 +450,7 @@ fn sweep_batch(
 fn sweep_one(
     b: &BackendLayout,
     opts: &GcOptions,
-    f: &Found,
+    f: &Scanned,
     bytes: u64,
     live: &HashSet<[u8; 32]>,
     report: &Mutex<GcReport>,

@@ -1,10 +1,20 @@
-//! Temp file → hashed → fsynced → published: the only place blobs are created. Never edits the index.
+//! Temp file → hashed → fsynced → published: the only place blobs are created. Never edits the
+//! index and takes no locks (the caller holds the digest lock from its cache check to its index
+//! commit).
 //!
-//! This file holds the staging half: [`stage`] streams a source into a temp file under the
-//! backend's `temp/`, computing sha256 and blake3 in the same pass, fsyncs it and checks what the
-//! caller expected. A failure at any step leaves nothing behind. Staging takes no locks and never
-//! touches `blobs/` or the index; the publish step (digest lock, no-clobber rename, index update)
-//! comes after it.
+//! Every stored file enters here, in one of two ways:
+//! - [`stage`] streams a source into a temp file under the backend's `temp/`, computing sha256
+//!   and blake3 in the same pass (a cloud image being imported or downloaded);
+//! - [`stage_filled`] takes a temp file its caller filled itself, in any order (a converted
+//!   qcow2, an EROFS image whose superblock is written last, a download written in ranges at
+//!   offsets) and hashes it by reading it back: it is not published yet, so it is never mapped.
+//!   [`stage_dir`] does the same for a directory of files published as a whole (a layer's boot
+//!   files).
+//!
+//! Either way the bytes are fsynced and checked against what the caller expected; a failure at any
+//! step leaves nothing behind. [`publish`] then moves a staged file into `blobs/` read-only
+//! without ever replacing one, and [`publish_layer`] publishes a layer's boot directory before its
+//! blob, so a blob that exists always has its boot files.
 #![allow(
     clippy::result_large_err,
     reason = "Mismatch carries two 65-byte digests by value; the Ok side (Staged, with its Sums) \
@@ -13,14 +23,21 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use sha2::Digest as _;
 
 use crate::digest::{Algorithm, Digest, Sums};
-use crate::fsutil::{self, TempFile};
+use crate::error::IoError;
+use crate::fsutil::TempFile;
+
+mod filled;
+mod publish;
+
+pub use filled::{stage_dir, stage_filled, StagedDir};
+pub use publish::{publish, publish_layer};
 
 /// Size of one pipeline buffer. With 1 MiB buffers and 8 of them the four threads handed work
 /// to each other so often on 2 cores that staging 1 GiB took 1.43x sha256 alone; 4 MiB x 16
@@ -35,17 +52,9 @@ const ALIGN: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O error on a file of the store or a source file.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done ("writing", "opening part", ...).
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// An I/O error, with what was being done and where.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The content does not hash to the expected digest.
     #[error("digest mismatch for {source_name}: expected {expected}, got {actual}")]
     Mismatch {
@@ -77,6 +86,20 @@ pub enum Error {
         /// The input (path or URL).
         source_name: String,
     },
+    /// A blob is already published under the key with other content (written outside the
+    /// digest-lock protocol); it is never overwritten.
+    #[error("{} exists with different content ({actual}, expected {expected}); run `imgstore verify`", path.display())]
+    Conflict {
+        /// The published blob.
+        path: std::path::PathBuf,
+        /// The sha256 of the bytes that were to be published.
+        expected: Digest,
+        /// The sha256 of the blob in place.
+        actual: Digest,
+    },
+    /// Hashing an already published blob failed.
+    #[error(transparent)]
+    Verify(#[from] crate::verify::Error),
     /// Reading the input failed.
     #[error("reading {source_name}: {source}")]
     Read {
@@ -86,9 +109,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A temp-file operation failed.
-    #[error(transparent)]
-    Fs(#[from] fsutil::Error),
 }
 
 /// What the caller knows of the input in advance. `Default` expects nothing.
@@ -176,7 +196,7 @@ impl<R: Read> Source for NamedReader<'_, R> {
 /// Parts read one after the other; a read error names the part.
 #[cfg(feature = "unstable")]
 struct Parts<'a> {
-    paths: &'a [PathBuf],
+    paths: &'a [std::path::PathBuf],
     files: Vec<File>,
     current: usize,
 }
@@ -236,18 +256,14 @@ pub fn stage(
 #[cfg(feature = "unstable")]
 pub fn stage_files(
     temp_dir: &Path,
-    parts: &[PathBuf],
+    parts: &[std::path::PathBuf],
     expected: &Expected,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Staged, Error> {
     let files = parts
         .iter()
         .map(|p| {
-            File::open(p).map_err(|source| Error::Io {
-                action: "opening part",
-                path: p.clone(),
-                source,
-            })
+            File::open(p).map_err(|source| Error::Io(IoError::new("opening part", p.clone(), source)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let name = parts
@@ -263,12 +279,6 @@ pub fn stage_files(
     stage_source(temp_dir, &mut src, &name, expected, progress)
 }
 
-// Publish goes here (DESIGN.md §5 steps 3-4, added with the lock module): take the digest lock;
-// if `blobs/<hex>.<ext>` exists with the recorded size, reuse it and drop the `Staged`; otherwise
-// `fsutil::publish_noclobber(staged.temp.path(), dest)` then `staged.temp.forget()`; the index is
-// updated afterwards under the index lock. Nothing above this line takes a lock or touches
-// `blobs/`.
-
 fn stage_source(
     temp_dir: &Path,
     src: &mut dyn Source,
@@ -278,7 +288,21 @@ fn stage_source(
 ) -> Result<Staged, Error> {
     let mut temp = TempFile::create_in(temp_dir, ".ingest")?;
     let path = temp.path().to_path_buf();
-    let (sha, b3, size) = pipeline(src, temp.file(), &path, source_name, expected, progress)?;
+    let hashed = pipeline(src, Some((temp.file(), &path)), source_name, expected, progress)?;
+    let sums = checked(hashed, source_name, expected)?;
+    // Checked before the fsync so a bad download costs no disk flush; the temp file is not
+    // trusted by anyone until `Staged` is returned.
+    temp.sync()?;
+    failpoint!("ingest.staged");
+    Ok(Staged { temp, sums })
+}
+
+/// The sums of what the pipeline read, once they match what the caller expected.
+fn checked(
+    (sha, b3, size): (ShaOut, Digest, u64),
+    source_name: &str,
+    expected: &Expected,
+) -> Result<Sums, Error> {
     let sums = Sums {
         sha256: sha.sha256,
         blake3: b3,
@@ -307,11 +331,7 @@ fn stage_source(
             });
         }
     }
-    // Checked before the fsync so a bad download costs no disk flush; the temp file is not
-    // trusted by anyone until `Staged` is returned.
-    temp.sync()?;
-    failpoint!("ingest.staged");
-    Ok(Staged { temp, sums })
+    Ok(sums)
 }
 
 /// The sha thread's result: sha256, plus sha512 when the expected digest asks for it.
@@ -379,20 +399,16 @@ impl<'a> Writer<'a> {
     }
 
     fn error(&self, source: io::Error) -> Error {
-        Error::Io {
-            action: "writing",
-            path: self.path.to_path_buf(),
-            source,
-        }
+        Error::Io(IoError::new("writing", self.path, source))
     }
 }
 
-/// Read `src` to the end through the hashing and writing threads. Returns the sha results,
-/// blake3 and the number of bytes. All threads are joined before this returns, whatever happens.
+/// Read `src` to the end through the hashing and writing threads (no writing when `out` is
+/// `None`: the bytes are already in place). Returns the sha results, blake3 and the number of
+/// bytes. All threads are joined before this returns, whatever happens.
 fn pipeline(
     src: &mut dyn Source,
-    file: &File,
-    path: &Path,
+    out: Option<(&File, &Path)>,
     source_name: &str,
     expected: &Expected,
     progress: &(dyn Fn(u64) + Sync),
@@ -443,16 +459,20 @@ fn pipeline(
         let exit = ExitSignal(exit_tx);
         let write_thread = s.spawn(move || -> Result<u64, Error> {
             let _exit = exit;
-            let mut writer = Writer::new(file, path);
+            let mut writer = out.map(|(file, path)| Writer::new(file, path));
             let mut written = 0u64;
             for chunk in write_rx {
-                writer.write(chunk.bytes())?;
+                if let Some(w) = &mut writer {
+                    w.write(chunk.bytes())?;
+                }
                 written += chunk.len as u64;
                 progress(written);
             }
             // The descriptor goes back to the caller inside `Staged`: leave it an ordinary one,
             // so later unaligned reads through it do not fail with EINVAL.
-            writer.set_direct(false);
+            if let Some(w) = &mut writer {
+                w.set_direct(false);
+            }
             Ok(written)
         });
 

@@ -46,6 +46,37 @@ impl std::fmt::Display for Kind {
     }
 }
 
+/// What a stored file is to its image; serialized as `layer`, `kernel`, `initrd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Role {
+    /// A disk: an EROFS layer (oci) or the qcow2 (cloudimg).
+    Layer,
+    /// The kernel of an oci image (`boot/<layer>/vmlinuz`).
+    Kernel,
+    /// The initrd of an oci image (`boot/<layer>/initrd.img`).
+    Initrd,
+}
+
+impl Role {
+    /// The name shown to users and written in JSON.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Layer => "layer",
+            Role::Kernel => "kernel",
+            Role::Initrd => "initrd",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Paths of a store root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -139,6 +170,15 @@ impl BackendLayout {
     pub fn blob_path_hex(&self, hex: &str) -> PathBuf {
         self.blobs_dir()
             .join(format!("{hex}.{}", self.kind.blob_ext()))
+    }
+    /// Where the file playing `role` for key digest `key` is: the blob, or a boot file.
+    #[must_use]
+    pub fn file_path(&self, role: Role, key: &Digest) -> PathBuf {
+        match role {
+            Role::Layer => self.blob_path(key),
+            Role::Kernel => self.kernel_path(key),
+            Role::Initrd => self.initrd_path(key),
+        }
     }
     /// `boot/<hex>` for a layer digest.
     #[must_use]

@@ -83,6 +83,7 @@ pub mod store;
 
 internal! {
     backend;
+    error;
     fsutil;
     index;
     ingest;

@@ -24,6 +24,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::error::{io_err, IoError};
 use crate::fsutil;
 
 /// Mode of lock files this module creates.
@@ -51,17 +52,9 @@ pub enum Error {
         /// How long we waited.
         waited: Duration,
     },
-    /// An I/O error while opening, locking or removing the lock file.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The lock file (or its directory).
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// An I/O error, with what was being done and where.
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl Error {
@@ -69,28 +62,8 @@ impl Error {
     #[must_use]
     pub fn path(&self) -> &Path {
         match self {
-            Error::WouldBlock { path } | Error::Timeout { path, .. } | Error::Io { path, .. } => {
-                path
-            }
-        }
-    }
-}
-
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-impl From<fsutil::Error> for Error {
-    fn from(e: fsutil::Error) -> Self {
-        let (action, path, source) = e.into_parts();
-        Error::Io {
-            action,
-            path,
-            source,
+            Error::WouldBlock { path } | Error::Timeout { path, .. } => path,
+            Error::Io(e) => e.path(),
         }
     }
 }
@@ -202,7 +175,7 @@ fn same_file_at(file: &File, path: &Path) -> Result<bool, Error> {
     match std::fs::metadata(path) {
         Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err("inspecting lock file", path)(e)),
+        Err(e) => Err(io_err("inspecting lock file", path)(e).into()),
     }
 }
 
@@ -221,9 +194,9 @@ fn open_lock_file(path: &Path) -> Result<File, Error> {
         // flock works on a read-only fd: a reader without write access to an existing lock file
         // (another user's store) can still take it.
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            File::open(path).map_err(io_err("opening lock file", path))
+            Ok(File::open(path).map_err(io_err("opening lock file", path))?)
         }
-        Err(e) => Err(io_err("opening lock file", path)(e)),
+        Err(e) => Err(io_err("opening lock file", path)(e).into()),
     }
 }
 
@@ -284,7 +257,7 @@ impl<'a> Acquire<'a> {
                     match r {
                         Ok(()) => return Ok(()),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(lock_err(e)),
+                        Err(e) => return Err(lock_err(e).into()),
                     }
                 }
             }

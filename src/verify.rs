@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use sha2::Digest as _;
 
+use crate::error::{io_err, IoError};
 use crate::digest::{Algorithm, Digest, Sums};
 
 /// Files smaller than this are read, not mapped: a map costs more than it saves for them.
@@ -23,25 +24,9 @@ const READ_BUF: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O error.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done ("opening", "reading", ...).
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    /// An I/O error, with what was being done and where.
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// The bytes of a file: mapped when large and mappable, otherwise read on demand.
@@ -92,7 +77,7 @@ fn read_chunks(mut file: &File, path: &Path, mut f: impl FnMut(&[u8])) -> Result
                 total += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err("reading", path)(e)),
+            Err(e) => return Err(io_err("reading", path)(e).into()),
         }
     }
 }
@@ -237,7 +222,7 @@ pub fn verify_one(check: &Check) -> Result<Outcome, Error> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Outcome::Missing),
-        Err(e) => return Err(io_err("inspecting", path)(e)),
+        Err(e) => return Err(io_err("inspecting", path)(e).into()),
     };
     if let Some(expected) = check.expected_size {
         if meta.len() != expected {
@@ -253,7 +238,7 @@ pub fn verify_one(check: &Check) -> Result<Outcome, Error> {
     let (actual, len) = match hash_file(path, expected.algorithm()) {
         Ok(r) => r,
         // Deleted between the size check and the open.
-        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+        Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
             return Ok(Outcome::Missing)
         }
         Err(e) => return Err(e),

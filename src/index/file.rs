@@ -11,6 +11,7 @@ use std::marker::PhantomData;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::error::IoError;
 use crate::fsutil;
 use crate::index::schema::{Entry, IndexFile};
 use crate::layout::BackendLayout;
@@ -41,17 +42,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// An I/O error.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// An I/O error, with what was being done and where.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The index could not be serialized (an entry's own `Serialize` failed).
     #[error("serializing index {}: {source}", path.display())]
     Serialize {
@@ -74,17 +67,6 @@ impl Error {
     /// Abort a `Db::update` with a domain error; the index is not written.
     pub fn abort(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::Abort(e.into())
-    }
-}
-
-impl From<fsutil::Error> for Error {
-    fn from(e: fsutil::Error) -> Self {
-        let (action, path, source) = e.into_parts();
-        Error::Io {
-            action,
-            path,
-            source,
-        }
     }
 }
 
@@ -117,11 +99,7 @@ pub fn load<E: Entry>(path: &Path) -> Result<Loaded<E>, Error> {
             })
         }
         Err(source) => {
-            return Err(Error::Io {
-                action: "reading index",
-                path: path.to_path_buf(),
-                source,
-            })
+            return Err(Error::Io(IoError::new("reading index", path, source)))
         }
     };
     let index = serde_json::from_slice(&raw).map_err(|e| corrupt(path, &raw, &e))?;
@@ -282,11 +260,7 @@ impl<E: Entry> Db<E> {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(IndexFile::default()),
             Err(source) => {
-                return Err(Error::Io {
-                    action: "inspecting index directory",
-                    path: self.dir.clone(),
-                    source,
-                })
+                return Err(Error::Io(IoError::new("inspecting index directory", self.dir.clone(), source)))
             }
         }
         let _guard = lock::lock_file(&self.lock_path, Mode::Shared, wait, on_wait)?;
@@ -318,11 +292,7 @@ impl<E: Entry> Db<E> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::Io {
-            action: "listing index directory",
-            path: self.dir.clone(),
-            source,
-        })?;
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::Io(IoError::new("listing index directory", self.dir.clone(), source)))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             if is_stale_temp(&name.to_string_lossy(), &index_name) {

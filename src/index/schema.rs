@@ -7,6 +7,19 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::digest::{Digest, Sums};
+use crate::layout::Role;
+
+/// A stored file an entry needs: the role it plays, the key digest naming it, and the sums
+/// recorded for it (none for entries cocoon wrote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRef {
+    /// Layer (the blob) or a boot file.
+    pub role: Role,
+    /// The digest that names the file: a layer digest or a content sum.
+    pub key: Digest,
+    /// Recorded sha256, blake3 and size of the stored bytes.
+    pub sums: Option<Sums>,
+}
 
 /// Anything that can be an index entry.
 pub trait Entry: Serialize + DeserializeOwned + Clone {
@@ -15,6 +28,10 @@ pub trait Entry: Serialize + DeserializeOwned + Clone {
     fn reference(&self) -> &str;
     /// The image ID: manifest digest (oci) or content sum (cloudimg).
     fn id(&self) -> Digest;
+    /// Every stored file the entry needs, in order (oci: layers bottom first, then kernel and
+    /// initrd). The one place that says what an entry references: gc keeps these, the store
+    /// describes, checks and verifies them.
+    fn files(&self) -> Vec<FileRef>;
 }
 
 /// A whole `images.json`: `{"images": {"<ref>": <entry> | null, ...}}`.
@@ -103,6 +120,17 @@ impl Entry for OciEntry {
     fn id(&self) -> Digest {
         self.manifest_digest
     }
+    fn files(&self) -> Vec<FileRef> {
+        let file = |role, key, sums| FileRef { role, key, sums };
+        let mut files: Vec<FileRef> = self
+            .layers
+            .iter()
+            .map(|l| file(Role::Layer, l.digest, l.blob))
+            .collect();
+        files.push(file(Role::Kernel, self.kernel_layer, self.kernel));
+        files.push(file(Role::Initrd, self.initrd_layer, self.initrd));
+        files
+    }
 }
 
 /// A cloud image entry.
@@ -132,6 +160,13 @@ impl Entry for CloudEntry {
     }
     fn id(&self) -> Digest {
         self.content_sum
+    }
+    fn files(&self) -> Vec<FileRef> {
+        vec![FileRef {
+            role: Role::Layer,
+            key: self.content_sum,
+            sums: self.blob,
+        }]
     }
 }
 

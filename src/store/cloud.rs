@@ -14,10 +14,9 @@ use super::import::check_name;
 use super::{io_err, Error, Kind, Store};
 use crate::backend::cloudimg::{self, Format, Plan};
 use crate::digest::{Digest, Sums};
-use crate::fsutil::{self, TempDir};
+use crate::fsutil::{self, TempDir, TempFile};
 use crate::index::CloudEntry;
 use crate::ingest::{self, Expected};
-use crate::verify;
 
 /// Where a cloud image comes from.
 #[derive(Debug, Clone)]
@@ -42,25 +41,23 @@ pub struct PullOutcome {
     pub reused: bool,
 }
 
-/// How many bytes of the source are looked at to tell its format.
-const SNIFF_LEN: usize = 4096;
-
-/// Reads the first bytes of a stream for sniffing, then hands them back ahead of the rest.
+/// Reads the first [`cloudimg::SNIFF_LEN`] bytes of a stream for sniffing, then hands them back
+/// ahead of the rest.
 fn sniffed(mut r: impl Read, source_name: &str) -> Result<(Vec<u8>, impl Read), Error> {
-    let mut head = vec![0u8; SNIFF_LEN];
-    let mut n = 0;
-    while n < head.len() {
-        match r.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if cloudimg::Error::from_io_ref(&e).is_some() => {
-                return Err(cloudimg::Error::from_io(e, source_name).into())
-            }
-            Err(e) => return Err(Error::Other(format!("reading {source_name}: {e}"))),
+    let mut head = Vec::with_capacity(cloudimg::SNIFF_LEN);
+    if let Err(e) = (&mut r)
+        .take(cloudimg::SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+    {
+        if cloudimg::Error::from_io_ref(&e).is_some() {
+            return Err(cloudimg::Error::from_io(e, source_name).into());
         }
+        return Err(crate::ingest::Error::Read {
+            source_name: source_name.to_owned(),
+            source: e,
+        }
+        .into());
     }
-    head.truncate(n);
     let chained = std::io::Cursor::new(head.clone()).chain(r);
     Ok((head, chained))
 }
@@ -76,7 +73,7 @@ impl Store {
         match source {
             CloudSource::Files(parts) => {
                 if parts.is_empty() {
-                    return Err(Error::Other("no files to import".into()));
+                    return Err(Error::NoInput { what: "files" });
                 }
                 let source_name = parts
                     .iter()
@@ -87,7 +84,7 @@ impl Store {
                 for p in parts {
                     let f = std::fs::File::open(p).map_err(io_err("opening", p))?;
                     if f.metadata().is_ok_and(|m| m.is_dir()) {
-                        return Err(Error::Other(format!("{} is a directory", p.display())));
+                        return Err(Error::IsDirectory { path: p.clone() });
                     }
                     readers.push(f);
                 }
@@ -149,7 +146,9 @@ impl Store {
             f => f,
         };
         if head.is_empty() {
-            return Err(Error::Other(format!("{source_name} is empty")));
+            return Err(Error::EmptySource {
+                source_name: source_name.to_owned(),
+            });
         }
         fsutil::create_dir_all(&b.temp_dir())?;
         let expected = Expected {
@@ -176,24 +175,22 @@ impl Store {
             };
             let info = cloudimg::check_untrusted(staged.temp.path(), fmt, &self.opts.cloud_limits)
                 .map_err(|e| e.relabel(staged.temp.path(), source_name))?;
+            let dest = b.blob_path(&key);
             match cloudimg::plan(&info) {
-                Plan::StoreAsIs => {
-                    let sums =
-                        self.publish_blob(Kind::CloudImg, &key, staged.temp.path(), staged.sums)?;
-                    staged.temp.forget();
-                    (sums, false)
-                }
+                Plan::StoreAsIs => (ingest::publish(staged, &dest)?, false),
                 Plan::Convert { from } => {
                     let work = TempDir::create_in(&b.temp_dir(), "convert")?;
                     let out = work.path().join("out.qcow2");
                     self.progress(&format!("converting {name}"), 0, None);
                     cloudimg::convert(staged.temp.path(), from, &out)?;
                     drop(staged);
-                    cloudimg::check_untrusted(&out, "qcow2", &self.opts.cloud_limits).map_err(
-                        |e| e.relabel(&out, &format!("{source_name} (converted to qcow2)")),
-                    )?;
-                    let sums = verify::sums_of_file(&out)?;
-                    (self.publish_blob(Kind::CloudImg, &key, &out, sums)?, false)
+                    let converted = format!("{source_name} (converted to qcow2)");
+                    cloudimg::check_untrusted(&out, "qcow2", &self.opts.cloud_limits)
+                        .map_err(|e| e.relabel(&out, &converted))?;
+                    let out = TempFile::adopt(out)?;
+                    let staged =
+                        ingest::stage_filled(out, &converted, &Expected::default(), &|_| {})?;
+                    (ingest::publish(staged, &dest)?, false)
                 }
             }
         };

@@ -7,6 +7,8 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::layout::Kind;
 
+use crate::layout::Role;
+
 use super::snapshot::{BlobInfo, ImageInfo, Snapshot};
 use super::{file_size, Error, Store};
 
@@ -20,7 +22,7 @@ pub struct Disk {
     /// Serial the guest sees (`cocoon-layer<N>` / `cocoon-base`).
     pub serial: String,
     /// Role (`layer`).
-    pub role: &'static str,
+    pub role: Role,
 }
 
 /// How a VM boots.
@@ -76,7 +78,11 @@ impl Store {
     }
 
     pub(super) fn vm_config(&self, snap: &Snapshot, info: ImageInfo) -> Result<VmConfig, Error> {
-        let layers: Vec<&BlobInfo> = info.blobs.iter().filter(|b| b.role == "layer").collect();
+        let layers: Vec<&BlobInfo> = info
+            .blobs
+            .iter()
+            .filter(|b| b.role == Role::Layer)
+            .collect();
         let (storage, boot) = match info.kind {
             Kind::Oci => {
                 let storage = layers
@@ -86,7 +92,7 @@ impl Store {
                         path: b.path.clone(),
                         ro: true,
                         serial: format!("cocoon-layer{n}"),
-                        role: "layer",
+                        role: Role::Layer,
                     })
                     .collect();
                 let e = snap.oci.get(&info.name).expect("resolved keys exist");
@@ -110,7 +116,7 @@ impl Store {
                     path: layers[0].path.clone(),
                     ro: true,
                     serial: "cocoon-base".to_owned(),
-                    role: "layer",
+                    role: Role::Layer,
                 }];
                 (
                     storage,

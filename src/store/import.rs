@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::backend::cloudimg::SNIFF_LEN;
 use crate::digest::Digest;
 use crate::layout::Kind;
 
@@ -56,11 +57,7 @@ impl Store {
             Kind::CloudImg => self.import_cloud(name, &CloudSource::Files(files.to_vec())),
             Kind::Oci => {
                 let source = match files {
-                    [] => {
-                        return Err(Error::Other(
-                            "OCI images cannot be imported from stdin; pass layer tars, an OCI layout directory or an oci-archive".into(),
-                        ))
-                    }
+                    [] => return Err(Error::OciFromStdin),
                     [one] if one.is_dir() => OciSource::Layout(one.clone()),
                     [one] if is_oci_archive(one) => OciSource::Archive(one.clone()),
                     many => OciSource::LayerTars(many.to_vec()),
@@ -71,19 +68,13 @@ impl Store {
     }
 }
 
+/// The first [`SNIFF_LEN`] bytes of `path` (fewer if it is shorter).
 pub(super) fn head_of(path: &Path) -> Result<Vec<u8>, Error> {
-    let mut f = std::fs::File::open(path).map_err(io_err("opening", path))?;
-    let mut head = vec![0u8; 512];
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err("reading", path)(e)),
-        }
-    }
-    head.truncate(n);
+    let f = std::fs::File::open(path).map_err(io_err("opening", path))?;
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    f.take(SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(io_err("reading", path))?;
     Ok(head)
 }
 

@@ -24,18 +24,18 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
-use crate::fsutil;
+use crate::error::{io_err, IoError};
 use crate::lock;
 use crate::lookup;
 
-pub use crate::layout::{default_root, BackendLayout, Kind, Layout};
+pub use crate::layout::{default_root, BackendLayout, Kind, Layout, Role};
 pub use cloud::{CloudSource, PullOutcome};
 pub use config::{Boot, Disk, VmConfig};
 pub use oci::OciSource;
 pub use open::{OnWait, Progress, StoreOptions};
 pub use remove::Removed;
 pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Snapshot};
-pub use verify::VerifyEntry;
+pub use verify::{Status, VerifyEntry};
 
 pub use crate::backend::cloudimg::Limits as CloudLimits;
 pub use crate::backend::oci::registry::{ClientOptions as RegistryOptions, Credentials, Platform};
@@ -51,7 +51,7 @@ pub mod error {
     pub use crate::backend::cloudimg::Error as CloudError;
     pub use crate::backend::oci::erofs::Error as LayerError;
     pub use crate::backend::oci::registry::Error as RegistryError;
-    pub use crate::fsutil::Error as FsError;
+    pub use crate::error::IoError;
     pub use crate::index::file::Error as IndexError;
     pub use crate::ingest::Error as IngestError;
     pub use crate::lock::Error as LockError;
@@ -78,9 +78,6 @@ pub enum Error {
     /// Hashing a stored file failed.
     #[error(transparent)]
     Verify(#[from] crate::verify::Error),
-    /// A filesystem change failed.
-    #[error(transparent)]
-    Fs(#[from] fsutil::Error),
     /// A cloud image was refused or could not be fetched or converted.
     #[error(transparent)]
     Cloud(#[from] crate::backend::cloudimg::Error),
@@ -147,19 +144,45 @@ pub enum Error {
         what: &'static str,
     },
     /// An I/O error, with what was being done and where.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done ("opening", "reading", …).
-        action: &'static str,
-        /// The file involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// An import was given nothing to read.
+    #[error("no {what} to import")]
+    NoInput {
+        /// What was missing ("files", "layer tars").
+        what: &'static str,
     },
-    /// Any other failure with its context.
-    #[error("{0}")]
-    Other(String),
+    /// OCI images need files: layer tars, a layout directory or an archive.
+    #[error(
+        "OCI images cannot be imported from stdin; pass layer tars, an OCI layout directory or an oci-archive"
+    )]
+    OciFromStdin,
+    /// A directory was given where a disk image file was expected.
+    #[error("{} is a directory", path.display())]
+    IsDirectory {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The source of a cloud image holds no bytes.
+    #[error("{source_name} is empty")]
+    EmptySource {
+        /// The file, URL or "stdin".
+        source_name: String,
+    },
+    /// A directory given as an OCI layout has no `oci-layout` file.
+    #[error("{} is not an OCI image layout (no oci-layout file)", path.display())]
+    NotOciLayout {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// An oci-archive holds an entry whose name could escape the unpack directory.
+    #[error("{}: unsafe entry {}", archive.display(), entry.display())]
+    UnsafeArchiveEntry {
+        /// The archive.
+        archive: PathBuf,
+        /// The entry's name.
+        entry: PathBuf,
+    },
 }
 
 impl From<crate::backend::oci::registry::Error> for Error {
@@ -171,18 +194,6 @@ impl From<crate::backend::oci::registry::Error> for Error {
 impl From<crate::ingest::Error> for Error {
     fn from(e: crate::ingest::Error) -> Self {
         Error::Ingest(Box::new(e))
-    }
-}
-
-/// Wrap an I/O error with the action and path, for `map_err`.
-pub(crate) fn io_err<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -219,6 +230,6 @@ fn file_size(path: &Path) -> Result<Option<u64>, Error> {
     match std::fs::metadata(path) {
         Ok(m) => Ok(Some(m.len())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(io_err("inspecting", path)(source)),
+        Err(source) => Err(io_err("inspecting", path)(source).into()),
     }
 }

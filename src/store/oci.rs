@@ -14,18 +14,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use super::cloud::PullOutcome;
-use super::config::check_files;
-use super::import::check_name;
-use super::oci_layout::{read_layout, unpack_layout_archive};
-use super::{file_size, Error, Kind, Store};
 use crate::backend::oci::erofs;
 use crate::backend::oci::registry::{Client, Descriptor};
 use crate::digest::{Algorithm, Digest, Sums};
 use crate::fsutil::{self, TempDir, TempFile};
 use crate::index::{LayerEntry, OciEntry};
+use crate::ingest::{self, Expected, Staged, StagedDir};
 use crate::reference::Reference;
 use crate::verify;
+
+use super::cloud::PullOutcome;
+use super::config::check_files;
+use super::import::check_name;
+use super::oci_layout::{read_layout, unpack_layout_archive};
+use super::{Error, Kind, Store};
 
 /// Where an OCI image comes from, for [`Store::import_oci`].
 #[derive(Debug, Clone)]
@@ -65,14 +67,14 @@ struct Stored {
 /// A layer ready to publish: already in the store, or converted into a held temp dir.
 struct Prepared {
     stored: Stored,
-    staged: Option<Staged>,
+    staged: Option<Converted>,
 }
 
-/// A converted layer waiting in its temp dir (dropping it removes everything).
-struct Staged {
+/// A converted layer, staged by ingest in its held temp dir (dropping it removes everything).
+struct Converted {
+    blob: Staged,
+    boot: StagedDir,
     _work: TempDir,
-    blob: PathBuf,
-    boot: PathBuf,
 }
 
 impl Store {
@@ -128,7 +130,7 @@ impl Store {
         match source {
             OciSource::LayerTars(files) => {
                 if files.is_empty() {
-                    return Err(Error::Other("no layer tars to import".into()));
+                    return Err(Error::NoInput { what: "layer tars" });
                 }
                 let mut layers = Vec::new();
                 let mut descs = Vec::new();
@@ -202,8 +204,10 @@ impl Store {
         // Refuse an image without boot files before anything of it reaches blobs/.
         oci_entry(key, id, layers, &stored)?;
         for ((layer, p), s) in layers.iter().zip(prepared).zip(&mut stored) {
-            if let Some(staged) = p.staged {
-                s.sums = self.publish_layer(&layer.digest, &staged, s.sums)?;
+            if let Some(c) = p.staged {
+                let dest = b.blob_path(&layer.digest);
+                let boot_dest = b.boot_dir(&layer.digest);
+                s.sums = ingest::publish_layer(c.blob, &c.boot, &dest, &boot_dest)?;
             }
         }
         let entry = oci_entry(key, id, layers, &stored)?;
@@ -215,28 +219,6 @@ impl Store {
             kind: Kind::Oci,
             reused: false,
         })
-    }
-
-    /// Boot files first, then the blob: a blob that exists always has its boot dir.
-    fn publish_layer(&self, digest: &Digest, staged: &Staged, sums: Sums) -> Result<Sums, Error> {
-        let b = self.layout.backend(Kind::Oci);
-        let names = fsutil::names_in(&staged.boot)?;
-        if !names.is_empty() {
-            let dest = b.boot_dir(digest);
-            let published = fsutil::publish_dir_noclobber(&staged.boot, &dest)?;
-            if published == fsutil::Published::Existing && !same_files(&staged.boot, &dest, &names)?
-            {
-                // A boot dir left without its blob (we only stage when the blob is missing or
-                // damaged), e.g. half deleted by an interrupted gc. We hold the digest lock, so
-                // nobody else publishes it; keeping it would point the entry at missing files.
-                fsutil::remove_dir_all(&dest)?;
-                fsutil::publish_dir_noclobber(&staged.boot, &dest)?;
-            }
-        }
-        failpoint!("oci.after_boot_publish");
-        let sums = self.publish_blob(Kind::Oci, digest, &staged.blob, sums)?;
-        failpoint!("publish.after_rename");
-        Ok(sums)
     }
 
     /// Fetch (if needed) and convert every layer, a few at a time, without publishing any. The
@@ -278,7 +260,9 @@ impl Store {
             match r {
                 Some(Ok(p)) => stored.push(p),
                 Some(Err(e)) => return Err(e),
-                None => return Err(Error::Other("a layer was not processed".into())),
+                // Workers take layers in index order and stop taking new ones only after a
+                // failure, which the loop returned above before reaching an untaken layer.
+                None => unreachable!("a layer after a failed one is never left untaken"),
             }
         }
         Ok(stored)
@@ -316,23 +300,6 @@ impl Store {
         })?;
         Ok(())
     }
-}
-
-/// Whether `existing` holds exactly the files `names` of `staged`, with the same sizes.
-fn same_files(staged: &Path, existing: &Path, names: &[String]) -> Result<bool, Error> {
-    let mut found = fsutil::names_in(existing)?;
-    found.sort();
-    let mut wanted = names.to_vec();
-    wanted.sort();
-    if found != wanted {
-        return Ok(false);
-    }
-    for n in names {
-        if file_size(&staged.join(n))? != file_size(&existing.join(n))? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// The index entry for stored layers: kernel and initrd from the last layer providing each.
@@ -454,24 +421,30 @@ impl Store {
         let blob = work.path().join("layer.erofs");
         let boot = work.path().join("boot");
         erofs::convert_layer(src, &layer.digest, work.path(), &blob, &boot)?;
+        // mkfs.erofs wrote the image out of order (superblock last): ingest hashes it now.
+        let what = format!("layer {} (EROFS)", layer.digest);
+        let blob =
+            ingest::stage_filled(TempFile::adopt(blob)?, &what, &Expected::default(), &|_| {})?;
+        let boot = ingest::stage_dir(&boot)?;
         // The boot dir is named like the published one: the same file names inside.
         let in_boot = |published: PathBuf| {
             published
                 .file_name()
-                .map(|n| boot.join(n))
-                .unwrap_or_default()
+                .and_then(|n| n.to_str())
+                .and_then(|n| boot.files.get(n))
+                .copied()
         };
         let stored = Stored {
-            sums: verify::sums_of_file(&blob)?,
-            kernel: file_sums(in_boot(b.kernel_path(&layer.digest)))?,
-            initrd: file_sums(in_boot(b.initrd_path(&layer.digest)))?,
+            sums: blob.sums,
+            kernel: in_boot(b.kernel_path(&layer.digest)),
+            initrd: in_boot(b.initrd_path(&layer.digest)),
         };
         Ok(Prepared {
             stored,
-            staged: Some(Staged {
-                _work: work,
+            staged: Some(Converted {
                 blob,
                 boot,
+                _work: work,
             }),
         })
     }

@@ -1,12 +1,14 @@
 //! Reading an OCI image layout (a directory, or an oci-archive tar unpacked into one): the
 //! manifest for the host platform and its layers, whose bytes are verified when stored.
+//!
+//! The rules are the registry client's (`registry::manifest`): the same document limits, index
+//! nesting depth, platform choice and config check, and the same errors.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-use crate::backend::oci::registry::Descriptor;
+use crate::backend::oci::registry::manifest::{self, CONFIG_LIMIT, MANIFEST_LIMIT};
+use crate::backend::oci::registry::{Error as RegistryError, Platform};
 use crate::digest::Digest;
 use crate::fsutil;
 use crate::verify;
@@ -14,161 +16,81 @@ use crate::verify;
 use super::oci::{Layer, LayerFrom};
 use super::{io_err, Error};
 
-#[derive(Deserialize)]
-struct LayoutIndex {
-    manifests: Vec<LayoutDescriptor>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LayoutDescriptor {
-    #[serde(default)]
-    media_type: String,
-    digest: Digest,
-    #[serde(default)]
-    platform: Option<LayoutPlatform>,
-}
-
-#[derive(Deserialize)]
-struct LayoutPlatform {
-    architecture: String,
-    os: String,
-}
-
-#[derive(Deserialize)]
-struct LayoutManifest {
-    #[serde(default)]
-    manifests: Option<Vec<LayoutDescriptor>>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
-}
-
-pub(super) fn read_json<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    limit: u64,
-) -> Result<(Vec<u8>, T), Error> {
+/// Read at most `limit` bytes of `path` (a document of the layout).
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, Error> {
     let f = std::fs::File::open(path).map_err(io_err("opening", path))?;
     let mut bytes = Vec::new();
-    f.take(limit)
+    f.take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(io_err("reading", path))?;
-    let v = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::Other(format!(
-            "{} is not a valid OCI document: {e}",
-            path.display()
-        ))
-    })?;
-    Ok((bytes, v))
+    if bytes.len() as u64 > limit {
+        return Err(RegistryError::TooLarge {
+            what: path.display().to_string(),
+            limit,
+        }
+        .into());
+    }
+    Ok(bytes)
 }
 
-pub(super) fn blob_in(dir: &Path, d: &Digest) -> PathBuf {
+/// `blobs/<algorithm>/<hex>` of the layout at `dir`.
+fn blob_in(dir: &Path, d: &Digest) -> PathBuf {
     dir.join("blobs").join(d.algorithm().name()).join(d.hex())
+}
+
+/// Read the blob `d` of `size` bytes named by a descriptor, checking both.
+fn read_blob(dir: &Path, d: &Digest, size: u64, limit: u64) -> Result<Vec<u8>, Error> {
+    let path = blob_in(dir, d);
+    let bytes = read_limited(&path, limit)?;
+    let got = (Digest::sha256_of(&bytes), bytes.len() as u64);
+    manifest::check_content(&path.display().to_string(), (*d, size), got)?;
+    Ok(bytes)
 }
 
 /// Pick the manifest for `platform` from an OCI layout and list its layers (verified later).
 pub(super) fn read_layout<'a>(
     dir: &Path,
-    platform: &crate::backend::oci::registry::Platform,
+    platform: &Platform,
 ) -> Result<(Digest, Vec<Layer<'a>>), Error> {
     if !dir.join("oci-layout").is_file() {
-        return Err(Error::Other(format!(
-            "{} is not an OCI image layout (no oci-layout file)",
-            dir.display()
-        )));
+        return Err(Error::NotOciLayout {
+            path: dir.to_path_buf(),
+        });
     }
-    let (_, index): (_, LayoutIndex) = read_json(&dir.join("index.json"), 4 << 20)?;
-    let mut candidates = index.manifests;
-    // Follow one level of nested index (an image index inside index.json).
-    for _ in 0..2 {
-        let pick = if candidates.len() == 1 {
-            candidates.pop()
-        } else {
-            candidates.into_iter().find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == platform.os && p.architecture == platform.architecture)
-            })
-        };
-        let Some(desc) = pick else {
-            return Err(Error::Other(format!(
-                "{}: no manifest for {}/{}",
-                dir.display(),
-                platform.os,
-                platform.architecture
-            )));
-        };
-        let path = blob_in(dir, &desc.digest);
-        let (bytes, m): (_, LayoutManifest) = read_json(&path, 4 << 20)?;
-        let actual = Digest::sha256_of(&bytes);
-        if actual != desc.digest {
-            return Err(Error::Other(format!(
-                "{}: manifest digest mismatch: expected {}, found {actual}",
-                path.display(),
-                desc.digest
-            )));
-        }
-        let _ = &desc.media_type;
-        if let Some(layers) = m.layers {
-            if let Some(config) = &m.config {
-                check_platform(dir, config, platform)?;
-            }
-            let mut out = Vec::new();
-            for l in layers {
-                let p = blob_in(dir, &l.digest);
-                let (got, size) = verify::hash_file(&p, l.digest.algorithm())?;
-                if got != l.digest || size != l.size {
-                    return Err(Error::Other(format!(
-                        "{}: layer digest mismatch: expected {} ({} bytes), found {got} ({size} bytes)",
-                        p.display(),
-                        l.digest,
-                        l.size
-                    )));
-                }
-                out.push(Layer {
-                    digest: l.digest,
-                    from: LayerFrom::File(p),
-                });
-            }
-            return Ok((desc.digest, out));
-        }
-        candidates = m.manifests.unwrap_or_default();
+    let image = dir.display().to_string();
+    let index_path = dir.join("index.json");
+    let bytes = read_limited(&index_path, MANIFEST_LIMIT)?;
+    let bad = |path: &Path| {
+        let what = path.display().to_string();
+        move |reason| RegistryError::BadManifest { what, reason }
+    };
+    let parsed = manifest::parse(&bytes, None).map_err(bad(&index_path))?;
+    let mut digest = None;
+    let m = manifest::follow_indexes(parsed, platform, &image, |entry| {
+        let bytes = read_blob(dir, &entry.digest, entry.size, MANIFEST_LIMIT)?;
+        digest = Some(entry.digest);
+        let what = blob_in(dir, &entry.digest).display().to_string();
+        Ok::<_, Error>((bytes, None, what))
+    })?;
+    // index.json is always an index, so the loop went through it at least once.
+    let digest = digest.ok_or_else(|| RegistryError::BadManifest {
+        what: index_path.display().to_string(),
+        reason: "not an image index".to_owned(),
+    })?;
+    let config = read_blob(dir, &m.config.digest, m.config.size, CONFIG_LIMIT)?;
+    let config_what = blob_in(dir, &m.config.digest).display().to_string();
+    manifest::check_config(&config, platform, &config_what, &image)?;
+    let mut out = Vec::new();
+    for l in m.layers {
+        let p = blob_in(dir, &l.digest);
+        let got = verify::hash_file(&p, l.digest.algorithm())?;
+        manifest::check_content(&p.display().to_string(), (l.digest, l.size), got)?;
+        out.push(Layer {
+            digest: l.digest,
+            from: LayerFrom::File(p),
+        });
     }
-    Err(Error::Other(format!(
-        "{}: index nesting too deep",
-        dir.display()
-    )))
-}
-
-/// An image's config names the platform it was built for: importing it for another one is an
-/// error, as pulling it is (a layout chosen from an index was matched by platform already).
-pub(super) fn check_platform(
-    dir: &Path,
-    config: &Descriptor,
-    platform: &crate::backend::oci::registry::Platform,
-) -> Result<(), Error> {
-    #[derive(Deserialize)]
-    struct Config {
-        #[serde(default)]
-        architecture: String,
-        #[serde(default)]
-        os: String,
-    }
-    let (_, c): (_, Config) = read_json(&blob_in(dir, &config.digest), 32 << 20)?;
-    if !c.architecture.is_empty()
-        && (c.architecture != platform.architecture || (!c.os.is_empty() && c.os != platform.os))
-    {
-        return Err(Error::Other(format!(
-            "{}: the image is for {}/{}, this host needs {}/{}",
-            dir.display(),
-            c.os,
-            c.architecture,
-            platform.os,
-            platform.architecture
-        )));
-    }
-    Ok(())
+    Ok((digest, out))
 }
 
 /// Unpack an oci-archive tar: only `oci-layout`, `index.json` and regular files under `blobs/`
@@ -188,11 +110,10 @@ pub(super) fn unpack_layout_archive(tar: &Path, dest: &Path) -> Result<(), Error
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)));
         if !ok_name {
-            return Err(Error::Other(format!(
-                "{}: unsafe entry {}",
-                tar.display(),
-                path.display()
-            )));
+            return Err(Error::UnsafeArchiveEntry {
+                archive: tar.to_path_buf(),
+                entry: path,
+            });
         }
         let et = entry.header().entry_type();
         if et.is_dir() {

@@ -1,6 +1,5 @@
-//! Publishing blobs: the per-digest lock, no-clobber publish, and reuse of a stored blob.
-
-use std::path::Path;
+//! The store's side of publishing: the per-digest lock held from the cache check to the index
+//! commit, and reuse of a stored blob. Staging and the no-clobber publish itself are `ingest`'s.
 
 use crate::digest::{Digest, Sums};
 use crate::fsutil;
@@ -8,7 +7,7 @@ use crate::layout::Kind;
 use crate::lock::{self, LockGuard};
 use crate::verify;
 
-use super::{file_size, io_err, Error, Store};
+use super::{file_size, Error, Store};
 
 impl Store {
     /// Take the per-digest ingest lock of `key` in backend `kind` (creating temp/ if needed).
@@ -21,43 +20,6 @@ impl Store {
             self.opts.lock_wait,
             &w,
         )?)
-    }
-
-    /// Publish a finished temp file at `src` as `blobs/<key>.<ext>` unless one is already there.
-    /// The caller must hold the digest lock of `key`, and keeps owning the temp file (its drop
-    /// cleans up whatever was not moved). Returns the sums of the blob now in place.
-    pub(super) fn publish_blob(
-        &self,
-        kind: Kind,
-        key: &Digest,
-        src: &Path,
-        sums: Sums,
-    ) -> Result<Sums, Error> {
-        let b = self.layout.backend(kind);
-        fsutil::create_dir_all(&b.blobs_dir())?;
-        let dest = b.blob_path(key);
-        std::fs::File::open(src)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("syncing", src))?;
-        failpoint!("publish.before_rename");
-        match fsutil::publish_noclobber(src, &dest)? {
-            fsutil::Published::New => Ok(sums),
-            fsutil::Published::Existing => {
-                // Only possible if something outside the digest-lock protocol wrote it: keep it
-                // if it holds the same bytes, never overwrite it.
-                let existing = verify::sums_of_file(&dest)?;
-                if existing.sha256 == sums.sha256 {
-                    Ok(existing)
-                } else {
-                    Err(Error::Other(format!(
-                        "{} exists with different content ({}, expected {}); run `imgstore verify`",
-                        dest.display(),
-                        existing.sha256,
-                        sums.sha256
-                    )))
-                }
-            }
-        }
     }
 
     /// The sums of the stored blob `key`, if it is there and usable: its size must match what

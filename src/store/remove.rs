@@ -94,7 +94,7 @@ pub(super) fn unbox(e: crate::index::file::Error) -> Error {
     match e {
         crate::index::file::Error::Abort(inner) => match inner.downcast::<Error>() {
             Ok(store) => *store,
-            Err(other) => Error::Other(other.to_string()),
+            Err(other) => Error::Index(crate::index::file::Error::Abort(other)),
         },
         other => Error::Index(other),
     }

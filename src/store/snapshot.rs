@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::digest::{Digest, Sums};
 use crate::index::{CloudEntry, Entry, IndexFile, OciEntry};
-use crate::layout::{BackendLayout, Kind};
+use crate::layout::{BackendLayout, Kind, Role};
 use crate::lookup::{Item, Lookup};
 use crate::reference::Reference;
 
@@ -34,7 +34,7 @@ pub struct BlobInfo {
     /// Where it is.
     pub path: PathBuf,
     /// `layer`, `kernel` or `initrd`.
-    pub role: &'static str,
+    pub role: Role,
     /// Key digest (layer digest / content sum); the file is named after it.
     pub key: Digest,
     /// Recorded size, if known.
@@ -231,13 +231,11 @@ impl Store {
         let (id, size, created_at, blobs) = match kind {
             Kind::Oci => {
                 let e = snap.oci.get(&first).expect("resolved keys exist");
-                (e.id(), e.size, e.created_at.clone(), oci_blobs(&b, e))
+                (e.id(), e.size, e.created_at.clone(), blobs_of(&b, e))
             }
             Kind::CloudImg => {
                 let e = snap.cloud.get(&first).expect("resolved keys exist");
-                let blob =
-                    BlobInfo::new(b.blob_path(&e.content_sum), "layer", e.content_sum, e.blob);
-                (e.id(), e.size, e.created_at.clone(), vec![blob])
+                (e.id(), e.size, e.created_at.clone(), blobs_of(&b, e))
             }
         };
         ImageInfo {
@@ -252,29 +250,16 @@ impl Store {
     }
 }
 
-pub(super) fn oci_blobs(b: &BackendLayout, e: &OciEntry) -> Vec<BlobInfo> {
-    let mut blobs: Vec<BlobInfo> = e
-        .layers
-        .iter()
-        .map(|l| BlobInfo::new(b.blob_path(&l.digest), "layer", l.digest, l.blob))
-        .collect();
-    blobs.push(BlobInfo::new(
-        b.kernel_path(&e.kernel_layer),
-        "kernel",
-        e.kernel_layer,
-        e.kernel,
-    ));
-    blobs.push(BlobInfo::new(
-        b.initrd_path(&e.initrd_layer),
-        "initrd",
-        e.initrd_layer,
-        e.initrd,
-    ));
-    blobs
+/// The stored files of an entry, with their paths.
+fn blobs_of(b: &BackendLayout, e: &impl Entry) -> Vec<BlobInfo> {
+    e.files()
+        .into_iter()
+        .map(|f| BlobInfo::new(b.file_path(f.role, &f.key), f.role, f.key, f.sums))
+        .collect()
 }
 
 impl BlobInfo {
-    pub(super) fn new(path: PathBuf, role: &'static str, key: Digest, sums: Option<Sums>) -> Self {
+    pub(super) fn new(path: PathBuf, role: Role, key: Digest, sums: Option<Sums>) -> Self {
         Self {
             path,
             role,

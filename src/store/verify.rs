@@ -7,8 +7,54 @@ use serde::Serialize;
 use crate::digest::Algorithm;
 use crate::verify::{self, Check, Outcome};
 
+use crate::layout::Role;
+
 use super::snapshot::ImageInfo;
 use super::{Error, Store};
+
+/// The verdict on one stored file; serialized as `ok`, `corrupt`, `missing`, `truncated`,
+/// `unverifiable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Status {
+    /// The bytes hash to the recorded digest.
+    Ok,
+    /// The bytes hash to something else.
+    Corrupt,
+    /// The file is not there.
+    Missing,
+    /// The file has another size than recorded.
+    Truncated,
+    /// No digest is recorded (an entry written by cocoon); only its existence was checked.
+    Unverifiable,
+}
+
+impl Status {
+    /// The name shown to users and written in JSON.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Corrupt => "corrupt",
+            Status::Missing => "missing",
+            Status::Truncated => "truncated",
+            Status::Unverifiable => "unverifiable",
+        }
+    }
+
+    /// Whether the file is damaged or gone (what makes `verify` fail).
+    #[must_use]
+    pub const fn is_failure(self) -> bool {
+        matches!(self, Status::Corrupt | Status::Missing | Status::Truncated)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What verify found for one stored file.
 #[derive(Debug, Clone, Serialize)]
@@ -18,9 +64,9 @@ pub struct VerifyEntry {
     /// The file.
     pub path: PathBuf,
     /// `layer`, `kernel` or `initrd`.
-    pub role: &'static str,
-    /// ok / corrupt / missing / truncated / unverifiable.
-    pub status: &'static str,
+    pub role: Role,
+    /// What was found.
+    pub status: Status,
     /// Details for corrupt / truncated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -74,22 +120,20 @@ impl Store {
             .zip(results)
             .map(|((image, path, role), r)| {
                 let (status, detail) = match r? {
-                    Outcome::Ok => ("ok", None),
+                    Outcome::Ok => (Status::Ok, None),
                     Outcome::Corrupt { expected, actual } => (
-                        "corrupt",
+                        Status::Corrupt,
                         Some(format!("expected {expected}, found {actual}")),
                     ),
-                    Outcome::Missing => ("missing", None),
+                    Outcome::Missing => (Status::Missing, None),
                     Outcome::Truncated { expected, actual } => (
-                        "truncated",
+                        Status::Truncated,
                         Some(format!("expected {expected} bytes, found {actual}")),
                     ),
                     Outcome::Unverifiable => (
-                        "unverifiable",
+                        Status::Unverifiable,
                         Some("no recorded digest (entry written by an older store)".to_owned()),
                     ),
-                    #[allow(unreachable_patterns)]
-                    _ => ("unknown", None),
                 };
                 Ok(VerifyEntry {
                     image,

@@ -300,7 +300,7 @@ fn split_parts_equal_the_concatenation() {
     let err =
         ingest::stage_files(temp.path(), &missing, &Expected::default(), &no_progress).unwrap_err();
     assert!(
-        matches!(err, Error::Io { ref path, .. } if path.ends_with("nope")),
+        matches!(err, Error::Io(ref e) if e.path().ends_with("nope")),
         "{err:?}"
     );
     drop((split, whole));
@@ -353,5 +353,118 @@ fn panic_in_the_reader_leaves_nothing() {
         .is_ok()
     });
     assert!(result.is_err(), "the reader's panic reaches the caller");
+    assert!(entries(temp.path()).is_empty());
+}
+
+/// A file its caller filled out of order (the second half first, as an EROFS writer puts its
+/// superblock last or a ranged download lands) is hashed by reading it back: the sums are those
+/// of its final bytes. An expected digest it does not have removes it.
+#[test]
+fn filled_out_of_order_is_hashed_by_reading_it_back() {
+    use std::os::unix::fs::FileExt;
+    let temp = tempfile::tempdir().unwrap();
+    let data = pseudo_random((9 << 20) + 777, 7);
+    let half = data.len() / 2;
+    let mut file = imgstore::fsutil::TempFile::create_in(temp.path(), "filled").unwrap();
+    file.file()
+        .write_all_at(&data[half..], half as u64)
+        .unwrap();
+    file.file().write_all_at(&data[..half], 0).unwrap();
+    let staged = ingest::stage_filled(file, "filled", &Expected::default(), &no_progress).unwrap();
+    let mut one_shot = DualHasher::new();
+    one_shot.update(&data);
+    assert_eq!(staged.sums, one_shot.finalize());
+    assert_eq!(fs::read(staged.temp.path()).unwrap(), data);
+    drop(staged);
+    assert!(entries(temp.path()).is_empty());
+
+    let mut file = imgstore::fsutil::TempFile::create_in(temp.path(), "filled").unwrap();
+    file.file().write_all_at(&data, 0).unwrap();
+    let wrong = Expected {
+        digest: Some(Digest::sha256_of(b"something else")),
+        ..Expected::default()
+    };
+    let err = ingest::stage_filled(file, "filled", &wrong, &no_progress).unwrap_err();
+    assert!(matches!(err, Error::Mismatch { .. }), "{err:?}");
+    assert!(entries(temp.path()).is_empty());
+}
+
+/// Publishing makes the blob read-only; a second publish of other bytes under the same name is
+/// refused and changes nothing; the same bytes again reuse the blob. No temp file is left.
+#[test]
+fn publish_never_replaces_a_blob_with_other_bytes() {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = tempfile::tempdir().unwrap();
+    let blobs = tempfile::tempdir().unwrap();
+    let dest = blobs.path().join("blob.qcow2");
+    let stage = |bytes: &[u8]| {
+        ingest::stage(
+            temp.path(),
+            bytes,
+            "src",
+            &Expected::default(),
+            &no_progress,
+        )
+        .unwrap()
+    };
+    let first = stage(b"first content");
+    let sums = first.sums;
+    assert_eq!(ingest::publish(first, &dest).unwrap(), sums);
+    assert_eq!(fs::read(&dest).unwrap(), b"first content");
+    assert_eq!(
+        fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+
+    let err = ingest::publish(stage(b"other content"), &dest).unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert_eq!(fs::read(&dest).unwrap(), b"first content");
+    assert_eq!(
+        ingest::publish(stage(b"first content"), &dest).unwrap(),
+        sums
+    );
+    assert!(entries(temp.path()).is_empty());
+}
+
+/// A layer's boot files are staged as a directory (their sums are those of their bytes) and
+/// published with the blob: both end up in place, read-only, and nothing stays in temp.
+#[test]
+fn layer_boot_files_and_blob_are_published_together() {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let work = imgstore::fsutil::TempDir::create_in(temp.path(), "layer").unwrap();
+    let boot = work.path().join("boot");
+    fs::create_dir(&boot).unwrap();
+    fs::write(boot.join("vmlinuz"), b"kernel bytes").unwrap();
+    fs::write(boot.join("initrd.img"), b"initrd bytes").unwrap();
+    let staged_boot = ingest::stage_dir(&boot).unwrap();
+    assert_eq!(
+        staged_boot.files["vmlinuz"].sha256,
+        Digest::sha256_of(b"kernel bytes")
+    );
+    assert_eq!(staged_boot.files["initrd.img"].size, 12);
+    let blob = ingest::stage(
+        temp.path(),
+        &b"erofs"[..],
+        "layer",
+        &Expected::default(),
+        &no_progress,
+    )
+    .unwrap();
+    let dest = store.path().join("blobs/l.erofs");
+    let boot_dest = store.path().join("boot-l");
+    ingest::publish_layer(blob, &staged_boot, &dest, &boot_dest).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), b"erofs");
+    assert_eq!(
+        fs::read(boot_dest.join("vmlinuz")).unwrap(),
+        b"kernel bytes"
+    );
+    let mode = fs::metadata(boot_dest.join("initrd.img"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o444);
+    drop(work);
     assert!(entries(temp.path()).is_empty());
 }

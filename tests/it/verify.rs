@@ -147,7 +147,7 @@ fn missing_and_unverifiable() {
     );
     assert!(matches!(
         verify::hash_file(&gone, Algorithm::Sha256),
-        Err(verify::Error::Io { ref path, .. }) if *path == gone
+        Err(verify::Error::Io(ref e)) if e.path() == gone
     ));
 }
 

@@ -18,17 +18,18 @@
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
+use crate::error::IoError;
 
 mod format;
 mod http;
 mod qemu;
 
-pub use format::{sniff, Format};
+pub use format::{sniff, Format, SNIFF_LEN};
 pub use http::open;
 pub use qemu::{check_untrusted, convert, plan, Plan};
 #[cfg(feature = "unstable")]
 pub use {
-    format::{candidate_format, qcow2_header, Qcow2Header, SNIFF_LEN},
+    format::{candidate_format, qcow2_header, Qcow2Header},
     http::{download, Download},
     qemu::{qemu_info, ImageInfo},
 };
@@ -239,17 +240,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// An I/O error on a local file.
-    #[error("{action} {path}: {source}", path = path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// An I/O error on a local file, with what was being done and where.
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl Error {
@@ -338,13 +331,3 @@ fn bytes_text(n: u64) -> String {
     format!("{n} bytes")
 }
 
-fn io_err<'a>(
-    action: &'static str,
-    path: &'a std::path::Path,
-) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
-}

@@ -8,8 +8,9 @@ use std::process::{Command, Output, Stdio};
 
 use serde::Deserialize;
 
+use crate::error::{io_err, IoError};
 use super::format::{qcow2_header, sniff, Format, QCOW2_INCOMPAT_DATA_FILE, SNIFF_LEN};
-use super::{io_err, Error, Limits};
+use super::{Error, Limits};
 
 const QEMU_IMG: &str = "qemu-img";
 /// How much of a qcow2 file is read to find the header and its extensions.
@@ -370,14 +371,10 @@ pub fn convert(src: &Path, from: &str, dst: &Path) -> Result<(), Error> {
     let from = known_format(src, from)?;
     match dst.symlink_metadata() {
         Ok(_) => {
-            return Err(Error::Io {
-                action: "converting into",
-                path: dst.to_path_buf(),
-                source: io::Error::from(io::ErrorKind::AlreadyExists),
-            })
+            return Err(Error::Io(IoError::new("converting into", dst, io::Error::from(io::ErrorKind::AlreadyExists))))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("inspecting conversion target", dst)(e)),
+        Err(e) => return Err(io_err("inspecting conversion target", dst)(e).into()),
     }
     let args = os_args(&[
         OsStr::new("convert"),

@@ -20,6 +20,7 @@ use super::boot::{BootKind, Candidates};
 use tar::EntryType;
 
 use super::unpack::{self, normalize_entry_path, open_layer, Compression, UnpackReport};
+use crate::error::{io_err, IoError};
 use crate::digest::Digest;
 use crate::fsutil;
 
@@ -85,17 +86,9 @@ pub enum Error {
         /// What fsck printed on stderr.
         stderr: String,
     },
-    /// An I/O error.
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// An I/O error, with what was being done and where.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The layer stream is not a valid (compressed) tar.
     #[error("reading layer tar: {source}")]
     Tar {
@@ -103,20 +96,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A filesystem mutation (removal of scratch files) failed.
-    #[error(transparent)]
-    Fs(#[from] fsutil::Error),
-}
-
-pub(crate) fn io_err<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 const PACKAGE: &str = "erofs-utils";
@@ -186,11 +165,7 @@ fn run_cmd(tool: &'static str, cmd: &mut Command) -> Result<std::process::Output
                 package: PACKAGE,
                 purpose: PURPOSE,
             },
-            _ => Error::Io {
-                action: "running",
-                path: PathBuf::from(tool),
-                source,
-            },
+            _ => Error::Io(IoError::new("running", PathBuf::from(tool), source)),
         })
 }
 
@@ -366,11 +341,7 @@ fn copy_boot_file(source: &Path, dest: &Path) -> Result<(), Error> {
         .metadata()
         .map_err(io_err("inspecting boot file", source))?;
     if !meta.is_file() {
-        return Err(Error::Io {
-            action: "copying boot file (not a regular file)",
-            path: source.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::InvalidInput),
-        });
+        return Err(Error::Io(IoError::new("copying boot file (not a regular file)", source, io::Error::from(io::ErrorKind::InvalidInput))));
     }
     let mut output = OpenOptions::new()
         .write(true)
@@ -381,7 +352,8 @@ fn copy_boot_file(source: &Path, dest: &Path) -> Result<(), Error> {
         .open(dest)
         .map_err(io_err("creating boot file", dest))?;
     io::copy(&mut input, &mut output).map_err(io_err("copying boot file to", dest))?;
-    output.sync_all().map_err(io_err("syncing", dest))
+    output.sync_all().map_err(io_err("syncing", dest))?;
+    Ok(())
 }
 
 /// Where each boot file of a converted layer can be copied from.
@@ -460,7 +432,7 @@ impl<R: Read> Read for Tee<'_, R> {
         let n = self.inner.read(buf)?;
         if let Some(f) = &mut self.copy {
             if let Err(e) = f.write_all(&buf[..n]) {
-                self.write_error = Some(io_err("writing decompressed layer", self.path)(e));
+                self.write_error = Some(io_err("writing decompressed layer", self.path)(e).into());
                 return Err(io::Error::other("writing decompressed layer failed"));
             }
         }

@@ -35,8 +35,8 @@ use tar::EntryType;
 
 pub use super::boot::BootFiles;
 use super::boot::Candidates;
-use super::erofs::io_err;
 pub use super::erofs::Error;
+use crate::error::io_err;
 use crate::fsutil;
 
 /// Compression of a layer blob, from its first bytes.
@@ -102,7 +102,7 @@ pub fn open_layer(path: &Path) -> Result<(Compression, LayerReader), Error> {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err("reading layer", path)(e)),
+            Err(e) => return Err(io_err("reading layer", path)(e).into()),
         }
     }
     file.seek(SeekFrom::Start(0))
@@ -124,7 +124,7 @@ pub fn open_layer(path: &Path) -> Result<(Compression, LayerReader), Error> {
                         package: "zstd",
                         purpose: "zstd layers need the zstd tool",
                     },
-                    _ => io_err("running zstd on", path)(e),
+                    _ => io_err("running zstd on", path)(e).into(),
                 })?;
             let stdout = child
                 .stdout
@@ -452,7 +452,7 @@ impl Unpacker<'_> {
                         .create(&full)
                         .map_err(io_err("creating directory", &full))?;
                 }
-                Err(e) => return Err(io_err("inspecting", &full)(e)),
+                Err(e) => return Err(io_err("inspecting", &full)(e).into()),
             }
         }
         Ok(full)
@@ -482,7 +482,7 @@ fn real_dir(full: &Path, rel: &Path, entry: &str) -> Result<PathBuf, Error> {
                 .create(full)
                 .map_err(io_err("creating directory", full))?;
         }
-        Err(e) => return Err(io_err("inspecting", full)(e)),
+        Err(e) => return Err(io_err("inspecting", full)(e).into()),
     }
     Ok(full.to_path_buf())
 }

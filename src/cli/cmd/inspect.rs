@@ -23,7 +23,7 @@ pub(crate) fn run(cli: &Cli, id: &str) -> Result<ExitCode> {
         let mut t = Table::new(&["ROLE", "SIZE", "BLAKE3", "PATH"]);
         for b in info.blobs {
             t.row(vec![
-                b.role.to_owned(),
+                b.role.to_string(),
                 b.size.map_or_else(|| "-".to_owned(), human_size),
                 b.blake3
                     .map_or_else(|| "-".to_owned(), |d| short_id(&d.to_string())),

@@ -20,19 +20,16 @@ pub(crate) fn run(cli: &Cli, ids: &[String], sha256: bool) -> Result<ExitCode> {
         Algorithm::Blake3
     };
     let rows = store.verify(&ids, algo)?;
-    let bad = rows
-        .iter()
-        .filter(|r| matches!(r.status, "corrupt" | "missing" | "truncated"))
-        .count();
+    let bad = rows.iter().filter(|r| r.status.is_failure()).count();
     if json {
         print_json(&rows)?;
     } else {
         let mut t = Table::new(&["STATUS", "IMAGE", "ROLE", "PATH", "DETAIL"]);
         for r in rows {
             t.row(vec![
-                r.status.to_owned(),
+                r.status.to_string(),
                 r.image,
-                r.role.to_owned(),
+                r.role.to_string(),
                 r.path.display().to_string(),
                 r.detail.unwrap_or_default(),
             ]);

@@ -1,7 +1,7 @@
-//! Registry authentication pieces: `WWW-Authenticate` challenges, base64, docker config credentials.
-//!
-//! Pure functions plus one read of the docker config file; this module sends no requests and
-//! keeps no state (the token cache lives in the client).
+//! Registry authentication: `WWW-Authenticate` challenges, base64, docker config credentials,
+//! and the authenticated GET every request goes through (anonymous first; on a 401, a bearer
+//! token from the realm or basic credentials, as the challenge asks). Tokens are cached in the
+//! client per registry and repository.
 #![allow(
     clippy::result_large_err,
     reason = "shares the registry Error, whose DigestMismatch is large; see registry.rs"
@@ -10,7 +10,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::Error;
+use super::transport::{status_error, Repo};
+use super::{Client, Error};
 
 /// A user name and password for a registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -289,6 +290,173 @@ pub(crate) fn docker_config_credentials(
         }
     }
     Ok(None)
+}
+
+/// A token server's answer (Docker uses `token`, `OAuth2` servers `access_token`).
+#[derive(serde::Deserialize)]
+pub(super) struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+}
+
+impl Client {
+
+    pub(super) fn credentials_for(&self, repo: &Repo<'_>) -> Result<Option<Credentials>, Error> {
+        if let Some(c) = &self.credentials {
+            return Ok(Some(c.clone()));
+        }
+        let Some(path) = &self.docker_config else {
+            return Ok(None);
+        };
+        docker_config_credentials(path, repo.host)
+    }
+
+
+    /// One GET with whatever auth the registry asks for; 401 handling included, no retries.
+    pub(super) fn get_authed(
+        &self,
+        repo: &Repo<'_>,
+        url: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<ureq::http::Response<ureq::Body>, Error> {
+        let key = (repo.api_host.clone(), repo.repository.to_owned());
+        let build = |authorization: Option<&str>| {
+            let mut req = self.agent.get(url);
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            if let Some(a) = authorization {
+                req = req.header("Authorization", a);
+            }
+            req
+        };
+        let cached = self.auth.lock().get(&key).cloned();
+        let response = Self::send(&repo.api_host, what, build(cached.as_deref()))?;
+        if response.status() != 401 {
+            return Ok(response);
+        }
+        let unauthorized = |detail: String| Error::Unauthorized {
+            host: repo.host.to_owned(),
+            repository: repo.repository.to_owned(),
+            detail,
+        };
+        let challenge = response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_challenge);
+        let credentials = self.credentials_for(repo)?;
+        let authorization = match challenge {
+            None => {
+                return Err(unauthorized(
+                    "HTTP 401 without a Basic or Bearer challenge".to_owned(),
+                ))
+            }
+            Some(Challenge::Basic) => match &credentials {
+                Some(c) => c.basic_header(),
+                None => {
+                    return Err(unauthorized(
+                        "the registry requires credentials and none are configured".to_owned(),
+                    ))
+                }
+            },
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
+                let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", repo.repository));
+                let token = self.with_retries(|| {
+                    self.token(
+                        repo,
+                        &realm,
+                        service.as_deref(),
+                        &scope,
+                        credentials.as_ref(),
+                    )
+                })?;
+                format!("Bearer {token}")
+            }
+        };
+        if cached.as_deref() == Some(authorization.as_str()) {
+            return Err(unauthorized(
+                "the registry rejected the authorization it asked for".to_owned(),
+            ));
+        }
+        let response = Self::send(&repo.api_host, what, build(Some(&authorization)))?;
+        if response.status() == 401 {
+            let detail = match (&credentials, authorization.starts_with("Basic")) {
+                (Some(c), true) => format!("credentials for user {:?} were rejected", c.username),
+                (Some(c), false) => format!(
+                    "the token obtained as user {:?} was not accepted",
+                    c.username
+                ),
+                (None, _) => {
+                    "the anonymous token was not accepted (credentials needed, or no such repository)"
+                        .to_owned()
+                }
+            };
+            return Err(unauthorized(detail));
+        }
+        self.auth.lock().insert(key, authorization);
+        Ok(response)
+    }
+
+
+    pub(super) fn token(
+        &self,
+        repo: &Repo<'_>,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<String, Error> {
+        let what = format!(
+            "token for {} from {realm}",
+            repo.image("").trim_end_matches(':')
+        );
+        let mut req = self.agent.get(realm).query("scope", scope);
+        if let Some(s) = service {
+            req = req.query("service", s);
+        }
+        if let Some(c) = credentials {
+            req = req.header("Authorization", c.basic_header());
+        }
+        let response = Self::send(realm, &what, req)?;
+        let status = response.status().as_u16();
+        if status == 401 || status == 403 {
+            return Err(Error::Unauthorized {
+                host: repo.host.to_owned(),
+                repository: repo.repository.to_owned(),
+                detail: match credentials {
+                    Some(c) => format!(
+                        "token server {realm} rejected the credentials of user {:?}",
+                        c.username
+                    ),
+                    None => format!("token server {realm} refused an anonymous token"),
+                },
+            });
+        }
+        let body = Self::read_limited(repo, response, 1 << 20, &what)?;
+        if status != 200 {
+            return Err(status_error(realm, &what, status, &body));
+        }
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| Error::BadManifest {
+                what: what.clone(),
+                reason: format!("token response is not JSON: {e}"),
+            })?;
+        parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::BadManifest {
+                what,
+                reason: "token response has neither token nor access_token".to_owned(),
+            })
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,20 @@
 //! Manifest, index and config JSON (OCI and Docker schema 2), and platform matching.
 //!
-//! Parsing and choosing only; no I/O.
+//! Parsing and choosing only; no I/O. Pull and OCI-layout import share these rules: how deep
+//! indexes may nest, which index entry serves a platform, and when a config is for another one.
 
 use std::fmt;
 
 use crate::digest::Digest;
+
+use super::Error;
+
+/// Registries refuse manifests over 4 MiB; anything bigger is not a manifest.
+pub(crate) const MANIFEST_LIMIT: u64 = 4 << 20;
+/// An image config is small JSON; a huge one is hostile or broken.
+pub(crate) const CONFIG_LIMIT: u64 = 32 << 20;
+/// Index → index → manifest is legal; deeper nesting is refused rather than followed forever.
+pub(crate) const MAX_INDEX_DEPTH: usize = 4;
 
 /// OCI image index media type.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -190,8 +200,109 @@ pub(crate) fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, 
     }
 }
 
+/// Refuse the `depth`-th nested index of `image` past [`MAX_INDEX_DEPTH`].
+pub(crate) fn check_depth(depth: usize, image: &str) -> Result<(), Error> {
+    if depth > MAX_INDEX_DEPTH {
+        return Err(Error::BadManifest {
+            what: image.to_owned(),
+            reason: format!("indexes nested deeper than {MAX_INDEX_DEPTH} levels"),
+        });
+    }
+    Ok(())
+}
+
+/// The entry of an index that serves `want`: the best platform match, or the only entry when
+/// it names no platform (its config is checked next). An index without one is an error listing
+/// what it offers.
+pub(crate) fn choose_entry<'a>(
+    entries: &'a [IndexEntry],
+    want: &Platform,
+    image: &str,
+) -> Result<&'a IndexEntry, Error> {
+    if let [only] = entries {
+        if only.platform.is_none() {
+            return Ok(only);
+        }
+    }
+    choose(entries, want).map_err(|available| Error::NoMatchingPlatform {
+        image: image.to_owned(),
+        wanted: want.clone(),
+        available,
+    })
+}
+
+/// Follow indexes from `parsed` down to the image manifest for `want`, as pull and layout import
+/// both do. `fetch` returns the verified bytes of the chosen entry, the content type they came
+/// with (if any) and a name for them in errors.
+pub(crate) fn follow_indexes<E: From<Error>>(
+    mut parsed: Parsed,
+    want: &Platform,
+    image: &str,
+    mut fetch: impl FnMut(&IndexEntry) -> Result<(Vec<u8>, Option<String>, String), E>,
+) -> Result<Manifest, E> {
+    let mut depth = 0;
+    loop {
+        let entries = match parsed {
+            Parsed::Image(m) => return Ok(m),
+            Parsed::Index(entries) => entries,
+        };
+        depth += 1;
+        check_depth(depth, image)?;
+        let entry = choose_entry(&entries, want, image)?;
+        let (bytes, content_type, what) = fetch(entry)?;
+        // The index entry's media type is authoritative when the body omits one.
+        let hint = Some(entry.media_type.as_str())
+            .filter(|m| !m.is_empty())
+            .or(content_type.as_deref());
+        parsed = parse(&bytes, hint).map_err(|reason| Error::BadManifest { what, reason })?;
+    }
+}
+
+/// Content named by a descriptor must have its size and digest; `got` is the (digest, size) of
+/// what arrived. A wrong size is reported first: it needs no hashing to be sure of.
+pub(crate) fn check_content(
+    what: &str,
+    want: (Digest, u64),
+    got: (Digest, u64),
+) -> Result<(), Error> {
+    let what = what.to_owned();
+    let ((expected, expected_size), (actual, actual_size)) = (want, got);
+    if actual_size != expected_size {
+        return Err(Error::SizeMismatch { what, expected: expected_size, actual: actual_size });
+    }
+    if actual != expected {
+        return Err(Error::DigestMismatch { what, expected, actual });
+    }
+    Ok(())
+}
+
+/// Check that the image config `config` (JSON, named `what`) is for `want`.
+pub(crate) fn check_config(
+    config: &[u8],
+    want: &Platform,
+    what: &str,
+    image: &str,
+) -> Result<(), Error> {
+    let found: ConfigPlatform = serde_json::from_slice(config).map_err(|e| Error::BadManifest {
+        what: what.to_owned(),
+        reason: format!("not an image config: {e}"),
+    })?;
+    if found.os != want.os || found.architecture != want.architecture {
+        let mut found_text = format!("{}/{}", found.os, found.architecture);
+        if let Some(v) = &found.variant {
+            found_text = format!("{found_text}/{v}");
+        }
+        return Err(Error::WrongPlatform {
+            image: image.to_owned(),
+            wanted: want.clone(),
+            found: found_text,
+        });
+    }
+    Ok(())
+}
+
 /// The best entry of an index for `want`, or the list of platforms it offers.
-pub(crate) fn choose<'a>(
+fn choose<'a>(
     entries: &'a [IndexEntry],
     want: &Platform,
 ) -> Result<&'a IndexEntry, Vec<String>> {
