@@ -67,8 +67,10 @@ pub enum Error {
     },
     /// The content is not of the expected size.
     #[error(
-        "size mismatch for {source_name}: expected {expected} bytes, got {}{actual}",
-        if actual > expected { "at least " } else { "" }
+        "size mismatch for {source_name}: expected {}, got {}{}",
+        crate::human::bytes(*expected),
+        if actual > expected { "at least " } else { "" },
+        crate::human::bytes(*actual)
     )]
     SizeMismatch {
         /// The size the caller expected.
@@ -79,7 +81,7 @@ pub enum Error {
         source_name: String,
     },
     /// The input is larger than the configured cap; reading stopped there.
-    #[error("{source_name} is larger than the limit of {limit} bytes")]
+    #[error("{source_name} is larger than the limit of {}", crate::human::bytes(*limit))]
     TooLarge {
         /// The cap.
         limit: u64,

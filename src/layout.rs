@@ -46,7 +46,8 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// What a stored file is to its image; serialized as `layer`, `kernel`, `initrd`.
+/// What a stored file is to its image; serialized as `layer`, `kernel`, `initrd` (and `image`
+/// for a finding about the image as a whole).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -57,6 +58,9 @@ pub enum Role {
     Kernel,
     /// The initrd of an oci image (`boot/<layer>/initrd.img`).
     Initrd,
+    /// Not a file: the image as a whole (a `verify` finding such as files that do not add up
+    /// to the recorded size).
+    Image,
 }
 
 impl Role {
@@ -67,6 +71,7 @@ impl Role {
             Role::Layer => "layer",
             Role::Kernel => "kernel",
             Role::Initrd => "initrd",
+            Role::Image => "image",
         }
     }
 }
@@ -171,13 +176,15 @@ impl BackendLayout {
         self.blobs_dir()
             .join(format!("{hex}.{}", self.kind.blob_ext()))
     }
-    /// Where the file playing `role` for key digest `key` is: the blob, or a boot file.
+    /// Where the file playing `role` for key digest `key` is: the blob, or a boot file (for
+    /// [`Role::Image`], the index that records the image).
     #[must_use]
     pub fn file_path(&self, role: Role, key: &Digest) -> PathBuf {
         match role {
             Role::Layer => self.blob_path(key),
             Role::Kernel => self.kernel_path(key),
             Role::Initrd => self.initrd_path(key),
+            Role::Image => self.index_path(),
         }
     }
     /// `boot/<hex>` for a layer digest.

@@ -85,6 +85,7 @@ internal! {
     backend;
     error;
     fsutil;
+    human;
     index;
     ingest;
     lock;

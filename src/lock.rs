@@ -45,7 +45,11 @@ pub enum Error {
         path: PathBuf,
     },
     /// The lock stayed busy for the whole timeout.
-    #[error("timed out after {waited:?} waiting for lock on {}", path.display())]
+    #[error(
+        "timed out after {} waiting for lock on {}",
+        crate::human::HumanDuration(*waited),
+        path.display()
+    )]
     Timeout {
         /// The lock file.
         path: PathBuf,

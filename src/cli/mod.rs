@@ -26,7 +26,7 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
-    /// Give up waiting for a lock after this long (e.g. 30s, 5m).
+    /// Give up waiting for a lock after this long (e.g. 30s, 5m, 1.5h).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
     lock_timeout: Duration,
     #[command(subcommand)]
@@ -101,20 +101,24 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         firmware: Option<PathBuf>,
     },
-    /// Re-hash stored blobs (blake3 by default).
+    /// Re-hash stored blobs (blake3 by default); entries written by cocoon get size checks.
     Verify {
         /// Images to check; all when omitted.
         ids: Vec<String>,
         /// Check sha256 instead of blake3.
         #[arg(long)]
         sha256: bool,
+        /// Record the digests of cocoon-written files that pass their size checks (trust on
+        /// first use: later runs check them against what they hold now).
+        #[arg(long)]
+        record: bool,
     },
     /// Reclaim blobs no image uses, and stale temp files.
     Gc {
         /// Report what would be removed; remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Keep unreferenced blobs younger than this (e.g. 0, 30m, 1h).
+        /// Keep unreferenced blobs younger than this (e.g. 0, 30m, 1.5h).
         #[arg(long, value_parser = parse_duration, default_value = "1h")]
         grace: Duration,
     },
@@ -133,6 +137,8 @@ pub fn main() -> ExitCode {
     progress::install_interrupt_cleanup();
     match run(&cli) {
         Ok(code) => code,
+        // A reader that stops early (`| head`) is a normal end: nothing more to say.
+        Err(e) if e.is::<output::StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = format!("error: {e}");
             for cause in e.chain().skip(1) {
@@ -191,7 +197,7 @@ fn open(
 /// Run one command; each lives in its own file under `cmd/`.
 fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::Ref { refs } => Ok(cmd::reference::run(refs, cli.json())),
+        Command::Ref { refs } => cmd::reference::run(refs, cli.json()),
         Command::Pull {
             refs,
             force,
@@ -203,7 +209,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Inspect { id } => cmd::inspect::run(cli, id),
         Command::Rm { ids } => cmd::rm::run(cli, ids),
         Command::Config { ids, firmware } => cmd::config::run(cli, ids, firmware.as_ref()),
-        Command::Verify { ids, sha256 } => cmd::verify::run(cli, ids, *sha256),
+        Command::Verify {
+            ids,
+            sha256,
+            record,
+        } => cmd::verify::run(cli, ids, *sha256, *record),
         Command::Gc { dry_run, grace } => cmd::gc::run(cli, *dry_run, *grace),
     }
 }
@@ -214,28 +224,35 @@ impl Cli {
     }
 }
 
-/// `0`, `90s`, `30m`, `1h`, `2d`, or plain seconds.
+/// The duration forms every duration option accepts, for its error message.
+const DURATION_FORMS: &str = "a number with an optional unit ms, s, m, h or d (seconds when \
+                              omitted; fractions allowed), e.g. 0, 90, 500ms, 90s, 30m, 1.5h, 2d";
+
+/// `0`, `90` (seconds), `500ms`, `90s`, `30m`, `1.5h`, `2d`: a decimal number and a unit.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (examples: 0, 90s, 30m, 1h)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => return Ok(Duration::from_millis(n)),
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let t = s.trim();
+    let (num, unit) = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((t, ""), |i| t.split_at(i));
+    let well_formed = num.bytes().any(|b| b.is_ascii_digit()) && num.matches('.').count() <= 1;
+    let n: f64 = match num.parse() {
+        Ok(n) if well_formed => n,
+        _ => return Err(format!("invalid duration {s:?}: expected {DURATION_FORMS}")),
+    };
+    let unit_secs = match unit.trim_start() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
         _ => {
             return Err(format!(
-                "invalid duration unit in {s:?} (use ms, s, m, h or d)"
+                "invalid duration unit in {s:?}: expected {DURATION_FORMS}"
             ))
         }
     };
-    Ok(Duration::from_secs(secs))
+    Duration::try_from_secs_f64(n * unit_secs)
+        .map_err(|_| format!("duration {s:?} is too long: expected {DURATION_FORMS}"))
 }
 
 /// Bytes, or with a K/M/G/T suffix (powers of 1024).

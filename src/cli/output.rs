@@ -1,19 +1,45 @@
-//! Tables and JSON on stdout.
+//! Tables and JSON on stdout. Everything a command prints goes through [`emit`], so a reader
+//! that stops early (`imgstore list | head -1`) ends the command quietly: a closed stdout is
+//! [`StdoutClosed`], which `main` turns into exit 0 with nothing on stderr.
 
 use std::fmt::Write as _;
-use std::io::Write;
+use std::io::{self, Write};
 
 use anyhow::Result;
 
-/// Print `value` as pretty JSON followed by a newline.
-pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<()> {
+/// The reader of stdout went away (`| head`): a normal end of the output, not a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+pub struct StdoutClosed;
+
+/// Write to stdout through one buffer, flushed at the end. A closed stdout is [`StdoutClosed`];
+/// any other write failure is an error saying it was stdout.
+pub fn emit(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
     // stdout is line-buffered: unbuffered, a large report (gc of 100,000 blobs) costs one
     // write(2) per line.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    out.flush()?;
-    Ok(())
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match f(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            // Dropping the buffer would try to flush the rest into the closed pipe again.
+            let _ = out.into_parts();
+            Err(StdoutClosed.into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
+}
+
+/// Print `value` as pretty JSON followed by a newline.
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<()> {
+    emit(|out| {
+        serde_json::to_writer_pretty(&mut *out, value)?;
+        writeln!(out)
+    })
+}
+
+/// `1 blob`, `2 blobs`: a count with its noun in the right number.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// A plain left-aligned table; the last column is not padded.
@@ -38,14 +64,14 @@ impl Table {
         self.rows.is_empty()
     }
 
-    pub fn print(&self) {
+    /// Write the table to `out`.
+    pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for r in &self.rows {
             for (w, c) in widths.iter_mut().zip(r) {
                 *w = (*w).max(c.chars().count());
             }
         }
-        let mut out = std::io::stdout().lock();
         for r in std::iter::once(&self.header).chain(&self.rows) {
             let mut line = String::new();
             for (i, c) in r.iter().enumerate() {
@@ -55,14 +81,21 @@ impl Table {
                     let _ = write!(line, "{c:<w$}  ", w = widths[i]);
                 }
             }
-            let _ = writeln!(out, "{}", line.trim_end());
+            writeln!(out, "{}", line.trim_end())?;
         }
+        Ok(())
+    }
+
+    /// Print the table on stdout.
+    pub fn print(&self) -> Result<()> {
+        emit(|out| self.write(out))
     }
 }
 
-pub fn print_outcome(o: &imgstore::store::PullOutcome) {
+/// One line per pulled or imported image.
+pub fn write_outcome(out: &mut dyn Write, o: &imgstore::store::PullOutcome) -> io::Result<()> {
     let note = if o.reused { " (already stored)" } else { "" };
-    println!("{} {} {}{note}", o.kind, o.name, o.id);
+    writeln!(out, "{} {} {}{note}", o.kind, o.name, o.id)
 }
 
 pub fn short_id(d: &str) -> String {
@@ -70,6 +103,7 @@ pub fn short_id(d: &str) -> String {
     hex.chars().take(12).collect()
 }
 
+/// `1 byte`, `512 bytes`, `1.5 KiB`, `774.7 MiB`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     #[allow(clippy::cast_precision_loss)] // display only
@@ -80,7 +114,7 @@ pub fn human_size(n: u64) -> String {
         u += 1;
     }
     if u == 0 {
-        format!("{n} B")
+        plural(usize::try_from(n).unwrap_or(usize::MAX), "byte", "bytes")
     } else {
         format!("{v:.1} {}", UNITS[u])
     }

@@ -155,11 +155,9 @@ pub(super) fn check_files(info: &ImageInfo) -> Result<(), Error> {
                 })
             }
             (Some(0), None) => {
-                return Err(Error::WrongSize {
+                return Err(Error::Empty {
                     image: info.name.clone(),
                     path: b.path.clone(),
-                    expected: 1,
-                    actual: 0,
                 })
             }
             _ => {}

@@ -35,7 +35,7 @@ pub use oci::OciSource;
 pub use open::{OnWait, Progress, StoreOptions};
 pub use remove::Removed;
 pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Snapshot};
-pub use verify::{Status, VerifyEntry};
+pub use verify::{Status, VerifyEntry, VerifyOptions};
 
 pub use crate::backend::cloudimg::Limits as CloudLimits;
 pub use crate::backend::oci::registry::{ClientOptions as RegistryOptions, Credentials, Platform};
@@ -53,6 +53,7 @@ pub mod error {
     pub use crate::backend::oci::registry::Error as RegistryError;
     pub use crate::error::IoError;
     pub use crate::index::file::Error as IndexError;
+    pub use crate::index::legacy::Error as LegacySumsError;
     pub use crate::ingest::Error as IngestError;
     pub use crate::lock::Error as LockError;
     pub use crate::lookup::{Candidate, Error as LookupError};
@@ -75,6 +76,9 @@ pub enum Error {
     /// Bytes could not be brought into the store (boxed: digest mismatches are large).
     #[error(transparent)]
     Ingest(Box<crate::ingest::Error>),
+    /// The digests recorded for cocoon-written files could not be read or written.
+    #[error(transparent)]
+    LegacySums(#[from] crate::index::legacy::Error),
     /// Hashing a stored file failed.
     #[error(transparent)]
     Verify(#[from] crate::verify::Error),
@@ -116,7 +120,12 @@ pub enum Error {
         path: PathBuf,
     },
     /// A file an image needs has the wrong size (truncated or replaced).
-    #[error("image {image}: {} has {actual} bytes, expected {expected}", path.display())]
+    #[error(
+        "image {image}: {} has {}, expected {}",
+        path.display(),
+        crate::human::bytes(*actual),
+        crate::human::bytes(*expected)
+    )]
     WrongSize {
         /// The image (its key).
         image: String,
@@ -126,6 +135,14 @@ pub enum Error {
         expected: u64,
         /// Size on disk.
         actual: u64,
+    },
+    /// A file of an image with no recorded size (written by cocoon) is empty.
+    #[error("image {image}: {} is empty", path.display())]
+    Empty {
+        /// The image (its key).
+        image: String,
+        /// The file.
+        path: PathBuf,
     },
     /// The UEFI firmware for cloud images is not installed.
     #[error("firmware {} not found (install it there or pass --firmware)", path.display())]

@@ -202,3 +202,38 @@ pub fn cocoon_root(dir: &Path) {
     std::fs::create_dir_all(dir.join("firmware")).unwrap();
     std::fs::write(dir.join("firmware/CLOUDHV.fd"), b"firmware").unwrap();
 }
+
+/// Make the `size` of every entry of a [`cocoon_root`] what cocoon would have recorded for the
+/// files the helper wrote (the fixtures' sizes are those of real images): cloudimg, the blob's
+/// size; oci, the sum of its layer blobs, kernel and initrd.
+pub fn cocoon_sizes_match(dir: &Path) {
+    let len = |p: PathBuf| std::fs::metadata(&p).unwrap().len();
+    let hex = |v: &serde_json::Value| v.as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    let p = dir.join("oci/db/images.json");
+    let mut oci: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    for (_, e) in oci["images"].as_object_mut().unwrap() {
+        if e.is_null() {
+            continue;
+        }
+        let mut size: u64 = e["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| len(dir.join(format!("oci/blobs/{}.erofs", hex(&l["digest"])))))
+            .sum();
+        size += len(dir.join(format!("oci/boot/{}/vmlinuz", hex(&e["kernel_layer"]))));
+        size += len(dir.join(format!("oci/boot/{}/initrd.img", hex(&e["initrd_layer"]))));
+        e["size"] = size.into();
+    }
+    std::fs::write(&p, serde_json::to_vec(&oci).unwrap()).unwrap();
+    let p = dir.join("cloudimg/db/images.json");
+    let mut cloud: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    for (_, e) in cloud["images"].as_object_mut().unwrap() {
+        if e.is_null() {
+            continue;
+        }
+        let size = len(dir.join(format!("cloudimg/blobs/{}.qcow2", hex(&e["content_sum"]))));
+        e["size"] = size.into();
+    }
+    std::fs::write(&p, serde_json::to_vec(&cloud).unwrap()).unwrap();
+}

@@ -2,6 +2,7 @@
 
 mod boot;
 mod cli;
+mod cli_output;
 mod cli_support;
 mod cloud_e2e;
 mod cloudimg;
@@ -25,4 +26,5 @@ mod registry;
 mod registry_server;
 mod support;
 mod verify;
+mod verify_legacy;
 mod vm;

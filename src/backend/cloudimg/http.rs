@@ -137,8 +137,8 @@ impl Read for Download {
                     _ => Error::Http {
                         url: self.url.clone(),
                         cause: format!(
-                            "reading the body after {} bytes: {}",
-                            self.received,
+                            "reading the body after {}: {}",
+                            crate::human::bytes(self.received),
                             describe_io(&e)
                         ),
                         transient: io_is_transient(&e),

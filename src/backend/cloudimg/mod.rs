@@ -222,7 +222,10 @@ pub enum Error {
         content_length: Option<u64>,
     },
     /// The connection ended before the announced Content-Length.
-    #[error("GET {url}: body truncated: got {got} of {expected} bytes")]
+    #[error(
+        "GET {url}: body truncated: got {got} of {}",
+        crate::human::bytes(*expected)
+    )]
     Truncated {
         /// The URL asked for.
         url: String,
@@ -328,6 +331,6 @@ fn bytes_text(n: u64) -> String {
             return format!("{num} {unit} ({n} bytes)");
         }
     }
-    format!("{n} bytes")
+    crate::human::bytes(n).to_string()
 }
 

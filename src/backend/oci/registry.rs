@@ -118,7 +118,10 @@ pub enum Error {
         actual: Digest,
     },
     /// Content had another size than its descriptor says.
-    #[error("{what}: size mismatch: expected {expected} bytes, got {actual}")]
+    #[error(
+        "{what}: size mismatch: expected {}, got {actual}",
+        crate::human::bytes(*expected)
+    )]
     SizeMismatch {
         /// What was verified.
         what: String,
@@ -128,7 +131,7 @@ pub enum Error {
         actual: u64,
     },
     /// A manifest or config exceeded the size this client accepts.
-    #[error("{what} is larger than {limit} bytes")]
+    #[error("{what} is larger than {}", crate::human::bytes(*limit))]
     TooLarge {
         /// What was being fetched.
         what: String,

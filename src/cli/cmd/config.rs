@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::output::print_json;
+use crate::cli::output::{emit, print_json};
 use crate::cli::{open, Cli};
 
 /// Run the command.
@@ -17,30 +17,34 @@ pub(crate) fn run(cli: &Cli, ids: &[String], firmware: Option<&PathBuf>) -> Resu
     if json {
         print_json(&configs)?;
     } else {
-        for c in configs {
-            println!("{} ({}, {})", c.image, c.image_type, c.image_digest);
-            for d in &c.storage {
-                println!(
-                    "  disk {} serial={} ro={} role={}",
-                    d.path.display(),
-                    d.serial,
-                    d.ro,
-                    d.role
-                );
-            }
-            match &c.boot {
-                imgstore::store::Boot::Kernel {
-                    kernel_path,
-                    initrd_path,
-                } => {
-                    println!("  kernel {}", kernel_path.display());
-                    println!("  initrd {}", initrd_path.display());
+        emit(|out| {
+            for c in configs {
+                writeln!(out, "{} ({}, {})", c.image, c.image_type, c.image_digest)?;
+                for d in &c.storage {
+                    writeln!(
+                        out,
+                        "  disk {} serial={} ro={} role={}",
+                        d.path.display(),
+                        d.serial,
+                        d.ro,
+                        d.role
+                    )?;
                 }
-                imgstore::store::Boot::Firmware { firmware_path } => {
-                    println!("  firmware {}", firmware_path.display());
+                match &c.boot {
+                    imgstore::store::Boot::Kernel {
+                        kernel_path,
+                        initrd_path,
+                    } => {
+                        writeln!(out, "  kernel {}", kernel_path.display())?;
+                        writeln!(out, "  initrd {}", initrd_path.display())?;
+                    }
+                    imgstore::store::Boot::Firmware { firmware_path } => {
+                        writeln!(out, "  firmware {}", firmware_path.display())?;
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use imgstore::gc::GcOptions;
 
-use crate::cli::output::{human_size, print_json};
+use crate::cli::output::{emit, human_size, print_json};
 use crate::cli::{open, Cli};
 
 /// Run the command.
@@ -28,28 +28,33 @@ pub(crate) fn run(cli: &Cli, dry_run: bool, grace: Duration) -> Result<ExitCode>
         } else {
             "removed"
         };
-        for b in &report.blobs {
-            println!(
-                "{verb} {} blob {} ({})",
-                b.kind,
-                b.digest,
-                human_size(b.bytes)
-            );
-        }
-        for t in &report.temp {
-            println!("{verb} temp {}", t.path.display());
-        }
-        for s in &report.skipped {
-            println!("skipped {} ({:?})", s.path.display(), s.reason);
-        }
-        println!(
-            "{verb} {} blob(s), {} freed, {} temp entr(ies); {} skipped; {} ms",
-            report.blobs.len(),
-            human_size(report.bytes_freed),
-            report.temp.len(),
-            report.skipped.len(),
-            report.duration_ms
-        );
+        emit(|out| {
+            for b in &report.blobs {
+                writeln!(
+                    out,
+                    "{verb} {} blob {} ({})",
+                    b.kind,
+                    b.digest,
+                    human_size(b.bytes)
+                )?;
+            }
+            for t in &report.temp {
+                writeln!(out, "{verb} temp {}", t.path.display())?;
+            }
+            for s in &report.skipped {
+                writeln!(out, "skipped {} ({:?})", s.path.display(), s.reason)?;
+            }
+            writeln!(
+                out,
+                "{verb} {} blob(s), {} freed, {} temp entr(ies); {} skipped; {} ms",
+                report.blobs.len(),
+                human_size(report.bytes_freed),
+                report.temp.len(),
+                report.skipped.len(),
+                report.duration_ms
+            )?;
+            Ok(())
+        })?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use anyhow::Result;
 use imgstore::Kind;
 
-use crate::cli::output::{print_json, print_outcome};
+use crate::cli::output::{emit, print_json, write_outcome};
 use crate::cli::{open, progress, Cli, TypeArg};
 
 /// Run the command.
@@ -31,7 +31,7 @@ pub(crate) fn run(
     if json {
         print_json(&out)?;
     } else {
-        print_outcome(&out);
+        emit(|w| write_outcome(w, &out))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::output::{human_size, print_json, short_id, Table};
+use crate::cli::output::{emit, human_size, print_json, short_id, Table};
 use crate::cli::{open, Cli};
 
 /// Run the command.
@@ -15,13 +15,8 @@ pub(crate) fn run(cli: &Cli, id: &str) -> Result<ExitCode> {
     if json {
         print_json(&info)?;
     } else {
-        println!("id:         {}", info.id);
-        println!("type:       {}", info.kind);
-        println!("names:      {}", info.names.join(", "));
-        println!("size:       {} ({})", info.size, human_size(info.size));
-        println!("created_at: {}", info.created_at);
         let mut t = Table::new(&["ROLE", "SIZE", "BLAKE3", "PATH"]);
-        for b in info.blobs {
+        for b in &info.blobs {
             t.row(vec![
                 b.role.to_string(),
                 b.size.map_or_else(|| "-".to_owned(), human_size),
@@ -30,7 +25,19 @@ pub(crate) fn run(cli: &Cli, id: &str) -> Result<ExitCode> {
                 b.path.display().to_string(),
             ]);
         }
-        t.print();
+        emit(|out| {
+            writeln!(out, "id:         {}", info.id)?;
+            writeln!(out, "type:       {}", info.kind)?;
+            writeln!(out, "names:      {}", info.names.join(", "))?;
+            if info.size < 1024 {
+                writeln!(out, "size:       {}", human_size(info.size))?;
+            } else {
+                let exact = human_size(info.size);
+                writeln!(out, "size:       {exact} ({} bytes)", info.size)?;
+            }
+            writeln!(out, "created_at: {}", info.created_at)?;
+            t.write(out)
+        })?;
     }
     Ok(ExitCode::SUCCESS)
 }

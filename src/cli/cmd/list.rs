@@ -25,7 +25,7 @@ pub(crate) fn run(cli: &Cli) -> Result<ExitCode> {
                 r.created_at,
             ]);
         }
-        t.print();
+        t.print()?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use anyhow::Result;
 
-use crate::cli::output::{print_json, print_outcome};
+use crate::cli::output::{emit, print_json, write_outcome};
 use crate::cli::{open, progress, Cli};
 
 /// Run the command.
@@ -32,9 +32,7 @@ pub(crate) fn run(
     if json {
         print_json(&rows)?;
     } else {
-        for o in rows {
-            print_outcome(&o);
-        }
+        emit(|w| rows.iter().try_for_each(|o| write_outcome(w, o)))?;
     }
     Ok(ExitCode::SUCCESS)
 }

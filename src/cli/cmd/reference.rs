@@ -3,12 +3,13 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use anyhow::Result;
 use imgstore::reference::Reference;
 
-use crate::cli::output::Table;
+use crate::cli::output::{emit, Table};
 
 /// Parse each reference; print a table or one JSON object per line. Exit 1 if any is invalid.
-pub(crate) fn run(refs: &[String], json: bool) -> ExitCode {
+pub(crate) fn run(refs: &[String], json: bool) -> Result<ExitCode> {
     let mut ok = true;
     let mut table = Table::new(&[
         "INPUT",
@@ -19,7 +20,9 @@ pub(crate) fn run(refs: &[String], json: bool) -> ExitCode {
         "TAG",
         "DIGEST",
     ]);
-    let mut stdout = std::io::stdout().lock();
+    // JSON lines are collected and written at once, like the table, so a closed stdout ends
+    // the output in one place.
+    let mut lines = Vec::new();
     for input in refs {
         match Reference::parse(input) {
             Ok(r) => {
@@ -36,7 +39,7 @@ pub(crate) fn run(refs: &[String], json: bool) -> ExitCode {
                         "canonical": r.canonical(),
                         "familiar": r.familiar(),
                     });
-                    let _ = writeln!(stdout, "{v}");
+                    let _ = writeln!(lines, "{v}");
                 } else {
                     table.row(vec![
                         input.clone(),
@@ -54,19 +57,20 @@ pub(crate) fn run(refs: &[String], json: bool) -> ExitCode {
                 if json {
                     let v =
                         serde_json::json!({"input": input, "ok": false, "error": e.to_string()});
-                    let _ = writeln!(stdout, "{v}");
+                    let _ = writeln!(lines, "{v}");
                 }
                 let _ = writeln!(std::io::stderr(), "error: invalid reference {input:?}: {e}");
             }
         }
     }
-    drop(stdout);
-    if !json && !table.is_empty() {
-        table.print();
+    if json {
+        emit(|out| out.write_all(&lines))?;
+    } else if !table.is_empty() {
+        table.print()?;
     }
-    if ok {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }

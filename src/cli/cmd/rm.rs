@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::output::{print_json, short_id};
+use crate::cli::output::{emit, print_json, short_id};
 use crate::cli::{open, Cli};
 
 /// Run the command.
@@ -16,11 +16,14 @@ pub(crate) fn run(cli: &Cli, ids: &[String]) -> Result<ExitCode> {
     if json {
         print_json(&removed)?;
     } else {
-        for r in removed {
-            for n in r.names {
-                println!("removed {n} ({})", short_id(&r.id.to_string()));
+        emit(|out| {
+            for r in &removed {
+                for n in &r.names {
+                    writeln!(out, "removed {n} ({})", short_id(&r.id.to_string()))?;
+                }
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(ExitCode::SUCCESS)
 }
