@@ -138,11 +138,14 @@ fn lock_timeout_reads_as_words() {
     let r = run(dir.path(), &["--lock-timeout", "0", "rm", "win11"]).fails();
     assert!(r.stderr.contains("timed out after "), "{}", r.stderr);
     assert!(r.stderr.contains("images.lock"), "{}", r.stderr);
-    assert!(
-        !r.stderr.contains("µs") && !r.stderr.contains("ns "),
-        "no debug-formatted duration: {}",
-        r.stderr
-    );
+    // Words, not Debug's `29.013µs` / `1.05ms`: "less than a millisecond", "3 ms", "1.5 seconds".
+    let waited = r.stderr.split("timed out after ").nth(1).unwrap();
+    let waited = waited.split(" waiting").next().unwrap();
+    let words: Vec<&str> = waited.split(' ').collect();
+    let human = waited == "less than a millisecond"
+        || matches!(words[..], [n, "ms" | "second" | "seconds"]
+            if n.chars().all(|c| c.is_ascii_digit() || c == '.'));
+    assert!(human, "a duration in words: {waited:?} in {}", r.stderr);
 }
 
 /// Sizes and counts: `1 byte`, never `1 bytes`; no `blob(s)` / `entr(ies)` outside gc's report.
