@@ -3,7 +3,7 @@
 
 use std::process::{Command, Stdio};
 
-use crate::cli_support::{bin, cocoon_root, run};
+use crate::cli_support::{bin, cocoon_root, cocoon_sizes_match, run};
 
 /// Run `imgstore --root ROOT ARGS...` with stdout a pipe whose reader is already gone, as with
 /// `imgstore list | head -0`: every write to stdout fails with EPIPE.
@@ -32,8 +32,10 @@ fn run_into_closed_pipe(root: &std::path::Path, args: &[&str]) -> (i32, String) 
 fn closed_stdout_is_a_normal_end() {
     let dir = tempfile::tempdir().unwrap();
     cocoon_root(dir.path());
+    cocoon_sizes_match(dir.path());
     let commands: &[&[&str]] = &[
         &["list"],
+        &["verify"],
         &["inspect", "ubuntu:24.04"],
         &["config", "ubuntu:24.04", "win11"],
         &["ref", "ubuntu", "docker.io/library/alpine:3"],
@@ -48,7 +50,21 @@ fn closed_stdout_is_a_normal_end() {
             assert!(stderr.is_empty(), "{all:?}: stderr: {stderr}");
         }
     }
-    // The closed pipe changes nothing else: a real failure still fails.
+    // The closed pipe changes nothing else: a real failure still fails, and a verify that
+    // finds damage says so and exits 1 even though nobody reads its rows.
+    std::fs::write(
+        dir.path().join(format!(
+            "oci/blobs/{}.erofs",
+            "95cf1a2e1698fe3ca1fcc3f653119146b271d0b62e487ec264441e886a11bd06"
+        )),
+        b"",
+    )
+    .unwrap();
+    for format in ["table", "json"] {
+        let (code, stderr) = run_into_closed_pipe(dir.path(), &["verify", "-o", format]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("failed verification"), "{stderr}");
+    }
     let (code, stderr) = run_into_closed_pipe(dir.path(), &["inspect", "no-such-image"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("no-such-image"), "{stderr}");
