@@ -41,7 +41,7 @@
 //! - `cli` (default): the `imgstore` binary, with clap, indicatif and signal-hook. Embedders use
 //!   `default-features = false` and get the library alone.
 //! - `unstable`: makes the internal modules public (fsutil, ingest, lock, index, lookup, verify,
-//!   backend, failpoint) and compiles in the crash-test failpoints (`IMGSTORE_FAILPOINT`). It
+//!   backend, erofs, failpoint) and compiles in the crash-test failpoints (`IMGSTORE_FAILPOINT`). It
 //!   exists for imgstore's own tests, benches and fuzz targets: **no semver promise**, and never
 //!   for a production build. Without it the failpoints are not in the binary at all.
 //!
@@ -83,6 +83,7 @@ pub mod store;
 
 internal! {
     backend;
+    erofs;
     error;
     fsutil;
     human;

@@ -9,6 +9,7 @@ mod cloudimg;
 mod contention;
 mod crash;
 mod erofs;
+mod erofs_writer;
 mod full_disk;
 mod fuzz_seeds;
 mod gc;
