@@ -52,6 +52,13 @@ fn unpack_seeds() {
 }
 
 #[test]
+fn erofs_writer_seeds() {
+    for (_, data) in seeds("erofs_writer") {
+        imgstore::erofs::fuzz_check(&data);
+    }
+}
+
+#[test]
 fn index_seeds() {
     for (_, data) in seeds("index") {
         crate::index_fuzz_model::check(&data);
