@@ -45,6 +45,12 @@ fn components<'a>(raw: &'a [u8], entry: &str) -> Result<Vec<&'a [u8]>, Error> {
                     entry: entry.to_owned(),
                 })
             }
+            _ if part.contains(&0) => {
+                return Err(Error::Invalid {
+                    entry: entry.to_owned(),
+                    reason: "a path holds a NUL byte",
+                })
+            }
             _ if part.len() > NAME_LEN => {
                 return Err(Error::Invalid {
                     entry: entry.to_owned(),
@@ -112,10 +118,10 @@ impl<'o, W: Write> Ingest<'o, W> {
             EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
-                    .filter(|t| !t.is_empty())
+                    .filter(|t| !t.is_empty() && !t.contains(&0))
                     .ok_or_else(|| Error::Invalid {
                         entry: name.clone(),
-                        reason: "symlink without a target",
+                        reason: "symlink target empty or holding a NUL byte",
                     })?
                     .into_owned();
                 (S_IFLNK, Body::Symlink(target))
@@ -478,5 +484,6 @@ mod tests {
         assert_eq!(c("/etc").unwrap(), b"etc");
         assert!(matches!(c("a/../b"), Err(Error::Traversal { .. })));
         assert!(matches!(c(&"x".repeat(256)), Err(Error::Invalid { .. })));
+        assert!(matches!(c("a\0b"), Err(Error::Invalid { .. })));
     }
 }
