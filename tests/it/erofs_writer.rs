@@ -140,6 +140,11 @@ fn spellings_and_repeated_entries_follow_tar() {
         e("a/", K::Dir).mode(0o711).owner(1, 1),
         e("a", K::Dir).mode(0o750),
         e("./a/f", K::File(b"one".to_vec())),
+        // A directory entry repeated after its children keeps them and its opaque marker.
+        e("keep/", K::Dir),
+        e("keep/child", K::File(b"stays".to_vec())),
+        e("keep/.wh..wh..opq", K::File(Vec::new())),
+        e("keep/", K::Dir).mode(0o700).owner(3, 4),
         e("a/f", K::File(b"two, the later one".to_vec())),
         // A type change: file → directory → symlink, and directory → file (children go).
         e("t", K::File(b"file".to_vec())),
