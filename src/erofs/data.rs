@@ -58,11 +58,17 @@ pub(crate) struct FileBuilder {
     hasher: Option<blake3::Hasher>,
 }
 
+/// Largest regular file (sparse or not): EROFS addresses 16 TiB of blocks.
+pub(crate) const MAX_FILE_SIZE: u64 = 1 << 44;
+
+/// Largest chunk: 64 MiB, the most one file buffers in memory.
+const MAX_CHUNK_BITS: u8 = 14;
+
 /// The chunk size for a file of `size` bytes: 4 KiB, doubled until the file has at most 65536
-/// chunks, so a chunk map stays ≤ 256 KiB however large the (sparse) file.
+/// chunks (a map ≤ 256 KiB), up to 64 MiB chunks (a 16 TiB file: a 1 MiB map).
 fn chunk_bits_for(size: u64) -> u8 {
     let mut bits = 0u8;
-    while bits < 31 && size.div_ceil(BLOCK_SIZE << bits) > 65536 {
+    while bits < MAX_CHUNK_BITS && size.div_ceil(BLOCK_SIZE << bits) > 65536 {
         bits += 1;
     }
     bits
@@ -208,6 +214,8 @@ mod tests {
         assert_eq!(chunk_bits_for(256 << 20), 0);
         assert_eq!(chunk_bits_for((256 << 20) + 1), 1);
         assert_eq!(chunk_bits_for(5 << 30), 5);
+        assert_eq!(chunk_bits_for(MAX_FILE_SIZE), MAX_CHUNK_BITS);
+        assert_eq!(chunk_bits_for(u64::MAX), MAX_CHUNK_BITS);
     }
 
     #[test]

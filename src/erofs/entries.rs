@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 
 use tar::EntryType;
 
-use super::data::{DataArea, FileBuilder};
+use super::data::{DataArea, FileBuilder, MAX_FILE_SIZE};
 use super::format::{self, NAME_LEN, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG};
 use super::sparse::{self, SparseHeaders};
 use super::tree::{lossy, Attrs, Body, Inode, Tree, ROOT};
@@ -228,6 +228,12 @@ impl<'o, W: Write> Ingest<'o, W> {
             let stored = entry.size();
             let mut counted = Counted { inner: entry, n: 0 };
             let map = sparse::read_map(headers, &mut counted, stored, name)?;
+            if map.real_size > MAX_FILE_SIZE {
+                return Err(Error::Invalid {
+                    entry: name.to_owned(),
+                    reason: "a file larger than 16 TiB",
+                });
+            }
             file = FileBuilder::new(map.real_size, hash);
             let mut pos = 0u64;
             for &(offset, len) in &map.segments {
@@ -261,6 +267,12 @@ impl<'o, W: Write> Ingest<'o, W> {
                 }
                 _ => entry.size(),
             };
+            if hint > MAX_FILE_SIZE {
+                return Err(Error::Invalid {
+                    entry: name.to_owned(),
+                    reason: "a file larger than 16 TiB",
+                });
+            }
             file = FileBuilder::new(hint, hash);
             loop {
                 let n = read_some(entry, &mut self.buf).map_err(tar_err)?;

@@ -583,3 +583,27 @@ fn reader_survives_corrupt_images() {
         let _ = erofs::read(&bad);
     }
 }
+
+/// A sparse file claiming 2^64 − 1 bytes is refused up front instead of buffering a giant chunk.
+#[test]
+fn absurd_sparse_sizes_are_refused() {
+    let mut b = tar::Builder::new(Vec::new());
+    let size = u64::MAX.to_string();
+    b.append_pax_extensions([
+        ("GNU.sparse.size", size.as_bytes()),
+        ("GNU.sparse.map", b"0,1"),
+    ])
+    .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_path("s").unwrap();
+    h.set_cksum();
+    b.append(&h, &[1u8][..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let err = erofs::write(&tar[..], Cursor::new(Vec::new()), &Options::default()).unwrap_err();
+    assert!(err.to_string().contains("16 TiB"), "{err}");
+}
