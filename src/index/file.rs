@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::IoError;
 use crate::fsutil;
+use crate::index::cache;
 use crate::index::schema::{Entry, IndexFile};
 use crate::layout::BackendLayout;
 use crate::lock::{self, LockGuard, LockWait, Mode};
@@ -134,8 +135,21 @@ fn corrupt(path: &Path, raw: &[u8], e: &serde_json::Error) -> Error {
     }
 }
 
+/// The index without its generation token, as every imgstore version serializes it.
+#[derive(serde::Serialize)]
+#[serde(bound = "")]
+struct Plain<'a, E: Entry> {
+    images: &'a std::collections::BTreeMap<String, Option<E>>,
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+}
+
 fn serialize<E: Entry>(index: &IndexFile<E>, path: &Path) -> Result<Vec<u8>, Error> {
-    let mut bytes = serde_json::to_vec(index).map_err(|source| Error::Serialize {
+    let plain = Plain {
+        images: &index.images,
+        extra: &index.extra,
+    };
+    let mut bytes = serde_json::to_vec(&plain).map_err(|source| Error::Serialize {
         path: path.to_path_buf(),
         source,
     })?;
@@ -143,13 +157,36 @@ fn serialize<E: Entry>(index: &IndexFile<E>, path: &Path) -> Result<Vec<u8>, Err
     Ok(bytes)
 }
 
-/// Whether writing `new` would change what `loaded` came from.
+/// `plain` with a fresh generation token as its first key (see [`cache`]).
+fn with_token(plain: &[u8]) -> Vec<u8> {
+    let token = cache::new_token();
+    let mut out = Vec::with_capacity(plain.len() + 64);
+    out.extend_from_slice(format!("{{\"{}\":\"{token}\",", cache::format::TOKEN_KEY).as_bytes());
+    out.extend_from_slice(plain.get(1..).unwrap_or_default());
+    out
+}
+
+/// `raw` without a leading generation token.
+fn without_token(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let probe = cache::format::TOKEN_PROBE;
+    match (cache::format::token_of(raw), raw.get(probe)) {
+        (Some(_), Some(b',')) => {
+            let mut out = Vec::with_capacity(raw.len());
+            out.push(b'{');
+            out.extend_from_slice(&raw[probe + 1..]);
+            out.into()
+        }
+        _ => raw.into(),
+    }
+}
+
+/// Whether writing `new` would change what `loaded` came from (generation tokens aside).
 fn changed<E: Entry>(loaded: &Loaded<E>, new: &[u8], path: &Path) -> Result<bool, Error> {
     let Some(raw) = &loaded.raw else {
         // A missing file and an empty index mean the same: do not create the file for nothing.
         return Ok(!(loaded.index.images.is_empty() && loaded.index.extra.is_empty()));
     };
-    if raw.as_slice() == new {
+    if *without_token(raw) == *new {
         return Ok(false);
     }
     // Formatted differently (hand-edited, other writer)? Compare what it means to us.
@@ -169,10 +206,11 @@ pub fn save<E: Entry>(loaded: &Loaded<E>, path: &Path, guard: &LockGuard) -> Res
         "saving {} needs the exclusive index lock",
         path.display()
     );
-    let bytes = serialize(&loaded.index, path)?;
-    if !changed(loaded, &bytes, path)? {
+    let plain = serialize(&loaded.index, path)?;
+    if !changed(loaded, &plain, path)? {
         return Ok(false);
     }
+    let bytes = with_token(&plain);
     if loaded.raw.is_some() {
         let backup = backup_path(path);
         // A writer killed between these two steps leaves the backup linked to the current file;

@@ -1,6 +1,8 @@
-//! Index files (`db/images.json`): schema, loading and durable saving; and the digests recorded
-//! for cocoon-written files (`db/legacy-sums.json`).
+//! Index files (`db/images.json`): schema, loading and durable saving; the digests recorded
+//! for cocoon-written files (`db/legacy-sums.json`); and the lookup cache derived from them
+//! (`db/images.idx`).
 
+pub mod cache;
 pub mod file;
 pub mod legacy;
 pub mod schema;

@@ -32,12 +32,25 @@ pub trait Entry: Serialize + DeserializeOwned + Clone {
     /// initrd). The one place that says what an entry references: gc keeps these, the store
     /// describes, checks and verifies them.
     fn files(&self) -> Vec<FileRef>;
+    /// Bytes stored (`size`).
+    fn size(&self) -> u64;
+    /// When it was stored (`created_at`, RFC 3339 as written).
+    fn created_at(&self) -> &str;
 }
 
 /// A whole `images.json`: `{"images": {"<ref>": <entry> | null, ...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(bound = "E: Entry")]
 pub struct IndexFile<E> {
+    /// imgstore: a token written first in the file and renewed on every write, so a reader can
+    /// tell with one small read whether the file is the one a cache was built from. cocoon does
+    /// not know the field and drops it when it rewrites the file.
+    #[serde(
+        rename = "imgstore_generation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub generation: Option<String>,
     /// Entries by key (the ref as typed). `None` is a `null` entry: skipped, but kept on rewrite.
     #[serde(default)]
     pub images: BTreeMap<String, Option<E>>,
@@ -49,6 +62,7 @@ pub struct IndexFile<E> {
 impl<E> Default for IndexFile<E> {
     fn default() -> Self {
         Self {
+            generation: None,
             images: BTreeMap::new(),
             extra: Map::new(),
         }
@@ -131,6 +145,12 @@ impl Entry for OciEntry {
         files.push(file(Role::Initrd, self.initrd_layer, self.initrd));
         files
     }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn created_at(&self) -> &str {
+        &self.created_at
+    }
 }
 
 /// A cloud image entry.
@@ -167,6 +187,12 @@ impl Entry for CloudEntry {
             key: self.content_sum,
             sums: self.blob,
         }]
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn created_at(&self) -> &str {
+        &self.created_at
     }
 }
 

@@ -64,3 +64,10 @@ fn index_seeds() {
         crate::index_fuzz_model::check(&data);
     }
 }
+
+#[test]
+fn cache_seeds() {
+    for (_, data) in seeds("cache") {
+        crate::cache_fuzz_model::check(&data);
+    }
+}

@@ -1,6 +1,8 @@
 //! Integration tests: real files, real tools, real processes.
 
 mod boot;
+mod cache;
+mod cache_fuzz_model;
 mod cli;
 mod cli_output;
 mod cli_support;

@@ -1,0 +1,457 @@
+//! Opening a cache (O(1) checks of header and freshness) and reading its tables, verifying each
+//! block's checksum the first time a lookup touches it.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::format::{
+    self, digest_of, str_hash, u32_at, u64_at, Header, Sec, Source, BLOCK, BUCKET_LEN, CANON_LEN,
+    IMAGE_LEN, ITEM_LEN, PREFIX_LEN, SUM_LEN,
+};
+use super::Error;
+use crate::error::IoError;
+use crate::digest::{Digest, Prefix};
+use crate::index::schema::Entry;
+use crate::Kind;
+
+/// An open, fresh cache of one backend's index, with that index file held open.
+pub struct Cache {
+    map: Map,
+    header: Header,
+    kind: Kind,
+    /// The index file the cache describes (same inode as `header.source`).
+    json: File,
+    json_path: PathBuf,
+    path: PathBuf,
+    /// Per checksum level, one bit per block already verified.
+    verified: Vec<Vec<AtomicU64>>,
+    levels: Vec<(u64, u64)>,
+}
+
+/// The bytes of the mapped cache file.
+type Map = memmap2::Mmap;
+
+#[allow(unsafe_code)]
+fn map_cache(file: &File) -> io::Result<Map> {
+    // SAFETY: a shared read-only map is undefined behaviour only if the file changes while the
+    // map is alive. Only a store writer creates `images.idx`: it writes a temp file, fsyncs it,
+    // makes it 0444 and renames it into place, and never opens a published cache for writing;
+    // a replacement is a new inode, so this map keeps the old, unchanging one. The map never
+    // leaves `Cache`, and every read of it is bounds-checked and checksummed first.
+    unsafe { memmap2::MmapOptions::new().map(file) }
+}
+
+/// Why a cache is not used, as an [`Error::Rejected`].
+fn reject(path: &Path, reason: &'static str) -> Error {
+    Error::Rejected {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+impl Cache {
+    /// Open `cache` for the index at `json`, whose `db/` directory is `db`.
+    ///
+    /// `Ok(None)` if the index file does not exist (an empty index needs no cache). A missing,
+    /// stale, racily clean, foreign or malformed cache is [`Error::Rejected`]: answer from the
+    /// JSON. Costs a handful of system calls and reads the header only.
+    pub fn open(kind: Kind, json: &Path, cache: &Path, db: &Path) -> Result<Option<Cache>, Error> {
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io(IoError::new(action, path, source))
+        };
+        let json_file = match File::open(json) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("opening index", json)(e)),
+        };
+        let file = match File::open(cache) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(reject(cache, "no cache"));
+            }
+            Err(e) => return Err(io("opening index cache", cache)(e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(io("inspecting index cache", cache))?
+            .len();
+        if len < format::HEADER_LEN as u64 {
+            return Err(reject(cache, "shorter than its header"));
+        }
+        let map = map_cache(&file).map_err(io("mapping index cache", cache))?;
+        let header = Header::decode(&map, len).map_err(|r| reject(cache, r))?;
+        let want_kind = match kind {
+            Kind::Oci => 0,
+            Kind::CloudImg => 1,
+        };
+        if header.kind != want_kind {
+            return Err(reject(cache, "built for the other backend"));
+        }
+        let source = Source::of(&json_file.metadata().map_err(io("inspecting index", json))?);
+        if source != header.source {
+            return Err(reject(cache, "stale: the index changed since it was built"));
+        }
+        if header.source.racy(header.clock) {
+            return Err(reject(
+                cache,
+                "racily clean: the index changed within the clock granule it was built in",
+            ));
+        }
+        let db_meta = std::fs::metadata(db).map_err(io("inspecting", db))?;
+        if (db_meta.dev(), db_meta.ino()) != header.db {
+            return Err(reject(cache, "built for another store"));
+        }
+        let mut head = [0u8; format::TOKEN_PROBE];
+        let n = read_at_most(&json_file, &mut head, 0).map_err(io("reading index", json))?;
+        if format::token_of(&head[..n]) != header.token {
+            return Err(reject(cache, "stale: the index generation differs"));
+        }
+        let levels = format::levels(header.body_end);
+        let verified = levels
+            .iter()
+            .map(|&(_, l)| {
+                let blocks = l.div_ceil(BLOCK as u64) as usize;
+                (0..blocks.div_ceil(64))
+                    .map(|_| AtomicU64::new(0))
+                    .collect()
+            })
+            .collect();
+        Ok(Some(Cache {
+            map,
+            header,
+            kind,
+            json: json_file,
+            json_path: json.to_path_buf(),
+            path: cache.to_path_buf(),
+            verified,
+            levels,
+        }))
+    }
+
+    /// The backend this cache indexes.
+    #[must_use]
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Whether the index file at its path is still the one this cache describes: one `stat`.
+    /// An open cache that is still current answers as a freshly opened one would.
+    #[must_use]
+    pub fn is_current(&self) -> bool {
+        std::fs::metadata(&self.json_path).is_ok_and(|m| Source::of(&m) == self.header.source)
+    }
+
+    fn bad(&self, reason: &'static str) -> Error {
+        reject(&self.path, reason)
+    }
+
+    /// Verify block `i` of checksum level `level`, and the blocks above it.
+    fn verify_block(&self, level: usize, i: usize) -> Result<(), Error> {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        let bits = self.verified[level]
+            .get(word)
+            .ok_or_else(|| self.bad("block out of range"))?;
+        if bits.load(Ordering::Relaxed) & bit != 0 {
+            return Ok(());
+        }
+        let (off, len) = self.levels[level];
+        let start = off as usize + i * BLOCK;
+        let end = (start + BLOCK).min((off + len) as usize);
+        let block = self
+            .map
+            .get(start..end)
+            .ok_or_else(|| self.bad("block out of range"))?;
+        let expected: &[u8] = if level + 1 == self.levels.len() {
+            self.header
+                .top
+                .get(i)
+                .ok_or_else(|| self.bad("block out of range"))?
+        } else {
+            self.verify_block(level + 1, i * SUM_LEN / BLOCK)?;
+            let at = self.levels[level + 1].0 as usize + i * SUM_LEN;
+            self.map
+                .get(at..at + SUM_LEN)
+                .ok_or_else(|| self.bad("sum out of range"))?
+        };
+        if format::sum(block) != expected {
+            return Err(self.bad("block checksum mismatch"));
+        }
+        bits.fetch_or(bit, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `len` bytes at `rel` of section `s`, bounds-checked and checksummed.
+    fn get(&self, s: Sec, rel: u64, len: u64) -> Result<&[u8], Error> {
+        let (off, sec_len) = self.header.section(s);
+        let end = rel
+            .checked_add(len)
+            .filter(|&e| e <= sec_len)
+            .ok_or_else(|| self.bad("reference out of its section"))?;
+        let (a, b) = ((off + rel) as usize, (off + end) as usize);
+        if len > 0 {
+            let base = self.levels[0].0 as usize;
+            for blk in (a - base) / BLOCK..=(b - 1 - base) / BLOCK {
+                self.verify_block(0, blk)?;
+            }
+        }
+        Ok(&self.map[a..b])
+    }
+
+    fn rec(&self, s: Sec, size: usize, i: u32) -> Result<&[u8], Error> {
+        self.get(s, u64::from(i) * size as u64, size as u64)
+    }
+
+    fn u32s(&self, s: Sec, first: u32, count: u32) -> Result<Vec<u32>, Error> {
+        let b = self.get(s, u64::from(first) * 4, u64::from(count) * 4)?;
+        Ok(b.chunks(4).map(|c| u32_at(c, 0)).collect())
+    }
+
+    fn string(&self, off: u32, len: u32) -> Result<&str, Error> {
+        let b = self.get(Sec::Strings, u64::from(off), u64::from(len))?;
+        std::str::from_utf8(b).map_err(|_| self.bad("string is not UTF-8"))
+    }
+
+    /// Find `name` in a hash section whose slot `i` names `name_of(i)`.
+    fn probe<'s>(
+        &'s self,
+        table: Sec,
+        name: &str,
+        name_of: impl Fn(u32) -> Result<&'s str, Error>,
+    ) -> Result<Option<u32>, Error> {
+        let buckets = self.header.section(table).1 / BUCKET_LEN as u64;
+        let mask = buckets - 1;
+        let h = str_hash(name.as_bytes());
+        let mut b = h & mask;
+        // A table is at most half full, so a run ends well before wrapping around.
+        for _ in 0..buckets {
+            let rec = self.get(table, b * BUCKET_LEN as u64, BUCKET_LEN as u64)?;
+            let slot = u32_at(rec, 4);
+            if slot == 0 {
+                return Ok(None);
+            }
+            if u32_at(rec, 0) == (h >> 32) as u32 && name_of(slot - 1)? == name {
+                return Ok(Some(slot - 1));
+            }
+            b = (b + 1) & mask;
+        }
+        Err(self.bad("hash table has no empty bucket"))
+    }
+
+    fn item(&self, i: u32) -> Result<ItemRec<'_>, Error> {
+        if i >= self.header.n_items {
+            return Err(self.bad("item out of range"));
+        }
+        let r = self.rec(Sec::Items, ITEM_LEN, i)?;
+        Ok(ItemRec {
+            key: self.string(u32_at(r, 0), u32_at(r, 4))?,
+            image: u32_at(r, 8),
+            created_at: self.string(u32_at(r, 12), u32_at(r, 16))?,
+            size: u64_at(r, 24),
+            val_off: u64_at(r, 32),
+            val_len: u32_at(r, 40),
+        })
+    }
+
+    /// The image an exact index key names.
+    pub fn by_key(&self, key: &str) -> Result<Option<u32>, Error> {
+        let Some(i) = self.probe(Sec::KeyHash, key, |i| Ok(self.item(i)?.key))? else {
+            return Ok(None);
+        };
+        Ok(Some(self.item(i)?.image))
+    }
+
+    /// The images whose keys have the canonical reference `canonical`, in digest order.
+    pub fn by_canonical(&self, canonical: &str) -> Result<Vec<u32>, Error> {
+        let rec = |i: u32| {
+            if i >= self.header.n_canon {
+                return Err(self.bad("canonical record out of range"));
+            }
+            self.rec(Sec::Canon, CANON_LEN, i)
+        };
+        let found = self.probe(Sec::CanonHash, canonical, |i| {
+            let r = rec(i)?;
+            self.string(u32_at(r, 0), u32_at(r, 4))
+        })?;
+        let Some(c) = found else {
+            return Ok(Vec::new());
+        };
+        let r = rec(c)?;
+        let images = self.u32s(Sec::CanonList, u32_at(r, 8), u32_at(r, 12))?;
+        if images.is_empty() || images.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(self.bad("canonical reference names no or unsorted images"));
+        }
+        Ok(images)
+    }
+
+    /// The image with ID `id`, by binary search over the image table.
+    pub fn by_id(&self, id: &Digest) -> Result<Option<u32>, Error> {
+        let (mut lo, mut hi) = (0u32, self.header.n_images);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.image_id(mid)?.cmp(id) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(Some(mid)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every image whose sha256 ID starts with `prefix`, in ID order.
+    ///
+    /// Every accepted prefix has more bits than pick a bucket, so all matches lie in one
+    /// bucket; the whole bucket is read and checked to be sorted and to belong there, so no
+    /// match can hide elsewhere in it.
+    pub fn by_prefix(&self, prefix: &Prefix) -> Result<Vec<(Digest, u32)>, Error> {
+        let bits = self.header.bucket_bits;
+        let b = format::bucket_of(&prefix.lower_bound(), bits) as u64;
+        let bounds = self.get(Sec::Buckets, b * 4, 8)?;
+        let (from, to) = (u32_at(bounds, 0), u32_at(bounds, 4));
+        if from > to || to > self.header.n_prefix {
+            return Err(self.bad("prefix bucket out of range"));
+        }
+        let run = self.get(
+            Sec::Prefix,
+            u64::from(from) * PREFIX_LEN as u64,
+            u64::from(to - from) * PREFIX_LEN as u64,
+        )?;
+        let mut out = Vec::new();
+        let mut prev: Option<&[u8]> = None;
+        for rec in run.chunks(PREFIX_LEN) {
+            let id: &[u8; 32] = rec[..32].try_into().map_err(|_| self.bad("short record"))?;
+            if format::bucket_of(id, bits) as u64 != b || prev.is_some_and(|p| p >= &id[..]) {
+                return Err(self.bad("prefix table out of order"));
+            }
+            prev = Some(&rec[..32]);
+            if prefix.cmp_bytes(id).is_eq() {
+                let img = u32_at(rec, 32);
+                let digest = Digest::sha256(*id);
+                if self.image_id(img)? != digest {
+                    return Err(self.bad("prefix record names another image"));
+                }
+                out.push((digest, img));
+            }
+        }
+        Ok(out)
+    }
+
+    fn image(&self, img: u32) -> Result<&[u8], Error> {
+        if img >= self.header.n_images {
+            return Err(self.bad("image out of range"));
+        }
+        self.rec(Sec::Images, IMAGE_LEN, img)
+    }
+
+    /// The ID of image `img`.
+    pub fn image_id(&self, img: u32) -> Result<Digest, Error> {
+        let r = self.image(img)?;
+        digest_of(r[0], &r[16..80]).ok_or_else(|| self.bad("malformed image ID"))
+    }
+
+    /// Item numbers of every key of image `img`, in key order.
+    fn alias_items(&self, img: u32) -> Result<Vec<u32>, Error> {
+        let r = self.image(img)?;
+        let items = self.u32s(Sec::Aliases, u32_at(r, 4), u32_at(r, 8))?;
+        if items.is_empty() || items.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(self.bad("image has no or unsorted keys"));
+        }
+        for &i in &items {
+            if self.item(i)?.image != img {
+                return Err(self.bad("alias belongs to another image"));
+            }
+        }
+        Ok(items)
+    }
+
+    /// Every key naming image `img`, sorted.
+    pub fn keys(&self, img: u32) -> Result<Vec<String>, Error> {
+        self.alias_items(img)?
+            .into_iter()
+            .map(|i| Ok(self.item(i)?.key.to_owned()))
+            .collect()
+    }
+
+    /// The entry of image `img` under its first key, read from the index file itself and
+    /// checked to carry the image's ID.
+    pub fn entry<E: Entry>(&self, img: u32) -> Result<E, Error> {
+        let first = self.alias_items(img)?[0];
+        self.entry_of_item(first, img)
+    }
+
+    fn entry_of_item<E: Entry>(&self, item: u32, img: u32) -> Result<E, Error> {
+        let it = self.item(item)?;
+        let end = it.val_off.checked_add(u64::from(it.val_len));
+        if end.is_none_or(|e| e > self.header.source.size) {
+            return Err(self.bad("entry lies outside the index"));
+        }
+        let mut buf = vec![0u8; it.val_len as usize];
+        self.json
+            .read_exact_at(&mut buf, it.val_off)
+            .map_err(|source| Error::Io(IoError::new("reading index entry", self.path.clone(), source)))?;
+        let e: E =
+            serde_json::from_slice(&buf).map_err(|_| self.bad("entry bytes do not parse"))?;
+        if e.id() != self.image_id(img)? {
+            return Err(self.bad("entry bytes carry another ID"));
+        }
+        Ok(e)
+    }
+
+    /// Every key with its ID, size and creation time, in key order (for `list`). Reads and
+    /// verifies the whole cache.
+    pub fn rows(&self) -> Result<Vec<Row>, Error> {
+        (0..self.header.n_items)
+            .map(|i| {
+                let it = self.item(i)?;
+                Ok(Row {
+                    key: it.key.to_owned(),
+                    id: self.image_id(it.image)?,
+                    size: it.size,
+                    created_at: it.created_at.to_owned(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One key as [`Cache::rows`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// The index key.
+    pub key: String,
+    /// Its image ID.
+    pub id: Digest,
+    /// The entry's `size`.
+    pub size: u64,
+    /// The entry's `created_at`.
+    pub created_at: String,
+}
+
+struct ItemRec<'a> {
+    key: &'a str,
+    image: u32,
+    created_at: &'a str,
+    size: u64,
+    val_off: u64,
+    val_len: u32,
+}
+
+/// `pread` until `buf` is full or the file ends; returns the bytes read.
+fn read_at_most(f: &File, buf: &mut [u8], mut off: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                off += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
