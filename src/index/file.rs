@@ -200,6 +200,15 @@ fn changed<E: Entry>(loaded: &Loaded<E>, new: &[u8], path: &Path) -> Result<bool
 /// `guard` must be the exclusive index lock, held since the load. The previous file is kept as
 /// `images.json.bak`; the new one replaces it atomically and durably (mode 0644).
 pub fn save<E: Entry>(loaded: &Loaded<E>, path: &Path, guard: &LockGuard) -> Result<bool, Error> {
+    Ok(save_bytes(loaded, path, guard)?.is_some())
+}
+
+/// [`save`], returning the bytes written (`None`: nothing to write).
+fn save_bytes<E: Entry>(
+    loaded: &Loaded<E>,
+    path: &Path,
+    guard: &LockGuard,
+) -> Result<Option<Vec<u8>>, Error> {
     assert_eq!(
         guard.mode(),
         Mode::Exclusive,
@@ -208,7 +217,7 @@ pub fn save<E: Entry>(loaded: &Loaded<E>, path: &Path, guard: &LockGuard) -> Res
     );
     let plain = serialize(&loaded.index, path)?;
     if !changed(loaded, &plain, path)? {
-        return Ok(false);
+        return Ok(None);
     }
     let bytes = with_token(&plain);
     if loaded.raw.is_some() {
@@ -227,7 +236,7 @@ pub fn save<E: Entry>(loaded: &Loaded<E>, path: &Path, guard: &LockGuard) -> Res
     failpoint!("index.before_write");
     fsutil::write_atomic(path, &bytes, INDEX_MODE)?;
     failpoint!("index.after_rename");
-    Ok(true)
+    Ok(Some(bytes))
 }
 
 fn same_inode(a: &Path, b: &Path) -> bool {
@@ -260,6 +269,7 @@ fn is_stale_temp(name: &str, index_name: &str) -> bool {
 /// The index of one backend: `db/images.json` guarded by `db/images.lock`.
 #[derive(Debug, Clone)]
 pub struct Db<E> {
+    kind: crate::Kind,
     dir: PathBuf,
     index_path: PathBuf,
     lock_path: PathBuf,
@@ -271,6 +281,7 @@ impl<E: Entry> Db<E> {
     #[must_use]
     pub fn new(backend: &BackendLayout) -> Self {
         Self {
+            kind: backend.kind(),
             dir: backend.db_dir(),
             index_path: backend.index_path(),
             lock_path: backend.index_lock_path(),
@@ -292,16 +303,46 @@ impl<E: Entry> Db<E> {
         &self.lock_path
     }
 
-    /// Read the index under a shared lock. A store without `db/` is empty and is not created.
-    pub fn read(&self, wait: LockWait, on_wait: &dyn Fn(&Path)) -> Result<IndexFile<E>, Error> {
-        match std::fs::metadata(&self.dir) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(IndexFile::default()),
-            Err(source) => {
-                return Err(Error::Io(IoError::new("inspecting index directory", self.dir.clone(), source)))
+    /// `db/images.idx`.
+    #[must_use]
+    pub fn cache_path(&self) -> PathBuf {
+        cache::path_for(&self.index_path)
+    }
+
+    /// Read the index. No lock is taken: every writer (imgstore and cocoon) replaces the file by
+    /// an atomic rename, so a reader sees one whole version, and a read-only store or a lock
+    /// file the caller may not open does not stop it. A store without `db/` is empty.
+    pub fn read(&self, _wait: LockWait, _on_wait: &dyn Fn(&Path)) -> Result<IndexFile<E>, Error> {
+        Ok(load(&self.index_path)?.index)
+    }
+
+    /// The cache of this index, if it exists and is fresh (see [`cache::Cache::open`]);
+    /// `Ok(None)` if there is no index file.
+    pub fn cache(&self) -> Result<Option<cache::Cache>, cache::Error> {
+        cache::Cache::open(self.kind, &self.index_path, &self.cache_path(), &self.dir)
+    }
+
+    /// Read the index for a reader that found no usable cache, and rebuild the cache from the
+    /// same bytes if this process can: it must win the index lock without waiting (one
+    /// rebuilder; a busy lock, a lock file it may not open or a read-only `db/` just skip the
+    /// rebuild). Never waits.
+    pub fn read_rebuilding(&self) -> Result<IndexFile<E>, Error> {
+        let quiet = |_: &Path| {};
+        if let Ok(_guard) = lock::lock_file(
+            &self.lock_path,
+            Mode::Exclusive,
+            LockWait::no_wait(),
+            &quiet,
+        ) {
+            match cache::rebuild::<E>(self.kind, &self.index_path) {
+                Ok(cache::Rebuilt::Written(index) | cache::Rebuilt::Racy(index)) => {
+                    return Ok(index)
+                }
+                Ok(cache::Rebuilt::Missing) => return Ok(IndexFile::default()),
+                // Not writable, or not parseable: the plain load says what is wrong, if anything.
+                Err(_) => {}
             }
         }
-        let _guard = lock::lock_file(&self.lock_path, Mode::Shared, wait, on_wait)?;
         Ok(load(&self.index_path)?.index)
     }
 
@@ -317,7 +358,14 @@ impl<E: Entry> Db<E> {
         self.remove_stale_temps()?;
         let mut loaded = load(&self.index_path)?;
         let out = f(&mut loaded.index)?;
-        save(&loaded, &self.index_path, &guard)?;
+        if let Some(bytes) = save_bytes(&loaded, &self.index_path, &guard)? {
+            // The index is committed; a cache that cannot be refreshed is only slower reads.
+            if let Err(e) =
+                cache::refresh_after_write(self.kind, &self.index_path, &bytes, &loaded.index)
+            {
+                tracing::debug!("{e}");
+            }
+        }
         drop(guard);
         Ok(out)
     }
