@@ -199,6 +199,7 @@ fn changed<E: Entry>(loaded: &Loaded<E>, new: &[u8], path: &Path) -> Result<bool
 /// Save `loaded.index` to `path` if it differs from what was loaded; returns whether it wrote.
 /// `guard` must be the exclusive index lock, held since the load. The previous file is kept as
 /// `images.json.bak`; the new one replaces it atomically and durably (mode 0644).
+#[cfg(feature = "unstable")]
 pub fn save<E: Entry>(loaded: &Loaded<E>, path: &Path, guard: &LockGuard) -> Result<bool, Error> {
     Ok(save_bytes(loaded, path, guard)?.is_some())
 }
@@ -320,6 +321,15 @@ impl<E: Entry> Db<E> {
     /// `Ok(None)` if there is no index file.
     pub fn cache(&self) -> Result<Option<cache::Cache>, cache::Error> {
         cache::Cache::open(self.kind, &self.index_path, &self.cache_path(), &self.dir)
+    }
+
+    /// Read the index for a lookup: with `rebuild`, a reader that finds the cache missing or
+    /// stale rebuilds it as [`Db::read_rebuilding`] does.
+    pub fn read_for_lookup(&self, rebuild: bool) -> Result<IndexFile<E>, Error> {
+        if rebuild && self.cache().is_err() {
+            return self.read_rebuilding();
+        }
+        Ok(load(&self.index_path)?.index)
     }
 
     /// Read the index for a reader that found no usable cache, and rebuild the cache from the

@@ -9,7 +9,7 @@ use crate::layout::Kind;
 
 use crate::layout::Role;
 
-use super::snapshot::{BlobInfo, ImageInfo, Snapshot};
+use super::snapshot::{BlobInfo, ImageInfo};
 use super::{file_size, Error, Store};
 
 /// One disk of a VM configuration.
@@ -65,19 +65,17 @@ impl Store {
     /// # Errors
     /// Not found, ambiguous, a missing or wrong-sized file, missing firmware.
     pub fn config(&self, queries: &[&str]) -> Result<Vec<VmConfig>, Error> {
-        let snap = self.snapshot()?;
-        queries
-            .iter()
-            .map(|q| {
-                let f = snap.find(q)?;
-                let info = self.describe(&snap, f.kind, f.keys.iter().map(String::as_str));
+        self.resolve_all(queries)?
+            .into_iter()
+            .map(|(f, e)| {
+                let info = self.describe_entry(f.keys, &e);
                 check_files(&info)?;
-                self.vm_config(&snap, info)
+                self.vm_config(info)
             })
             .collect()
     }
 
-    pub(super) fn vm_config(&self, snap: &Snapshot, info: ImageInfo) -> Result<VmConfig, Error> {
+    pub(super) fn vm_config(&self, info: ImageInfo) -> Result<VmConfig, Error> {
         let layers: Vec<&BlobInfo> = info
             .blobs
             .iter()
@@ -95,11 +93,16 @@ impl Store {
                         role: Role::Layer,
                     })
                     .collect();
-                let e = snap.oci.get(&info.name).expect("resolved keys exist");
-                let b = self.layout.backend(Kind::Oci);
+                let path_of = |role: Role| {
+                    info.blobs
+                        .iter()
+                        .find(|b| b.role == role)
+                        .map(|b| b.path.clone())
+                        .expect("an oci image lists its kernel and initrd")
+                };
                 let boot = Boot::Kernel {
-                    kernel_path: b.kernel_path(&e.kernel_layer),
-                    initrd_path: b.initrd_path(&e.initrd_layer),
+                    kernel_path: path_of(Role::Kernel),
+                    initrd_path: path_of(Role::Initrd),
                 };
                 (storage, boot)
             }

@@ -19,6 +19,7 @@ mod oci_layout;
 mod open;
 mod publish;
 mod remove;
+mod resolve;
 mod snapshot;
 mod verify;
 
@@ -240,6 +241,8 @@ impl From<crate::ingest::Error> for Error {
 pub struct Store {
     layout: Layout,
     opts: StoreOptions,
+    /// Open lookup caches, reused while their indexes do not change.
+    caches: resolve::Caches,
 }
 
 /// Size of a file, `None` if it does not exist.

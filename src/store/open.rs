@@ -33,6 +33,10 @@ pub struct StoreOptions {
     pub firmware: Option<PathBuf>,
     /// How many layers of one oci image are fetched and converted at once (at least 1).
     pub layer_jobs: usize,
+    /// Resolve through the lookup caches beside the indexes (`db/images.idx`) and rebuild a
+    /// missing or stale one when possible (default). `false` reads the JSON every time: the
+    /// same answers, slower; writers refresh the caches either way.
+    pub index_cache: bool,
 }
 
 impl Default for StoreOptions {
@@ -45,6 +49,7 @@ impl Default for StoreOptions {
             registry: crate::backend::oci::registry::ClientOptions::default(),
             firmware: None,
             layer_jobs: 3,
+            index_cache: true,
         }
     }
 }
@@ -70,6 +75,7 @@ impl Store {
         Ok(Self {
             layout: Layout::new(root),
             opts,
+            caches: super::resolve::Caches::default(),
         })
     }
 

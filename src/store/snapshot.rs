@@ -10,6 +10,7 @@ use crate::layout::{BackendLayout, Kind, Role};
 use crate::lookup::{Item, Lookup};
 use crate::reference::Reference;
 
+use super::resolve::ImageEntry;
 use super::{Error, Store};
 
 /// One row of [`Store::list`]: an index key.
@@ -139,6 +140,18 @@ impl Snapshot {
         }
     }
 
+    /// The entry of the first (sorted) name of a found image.
+    pub(super) fn entry_of(&self, f: Found) -> (Found, ImageEntry) {
+        let first = f.keys.iter().min().expect("a found image has a name");
+        let e = match f.kind {
+            Kind::Oci => ImageEntry::Oci(self.oci.get(first).expect("resolved keys exist").clone()),
+            Kind::CloudImg => {
+                ImageEntry::Cloud(self.cloud.get(first).expect("resolved keys exist").clone())
+            }
+        };
+        (f, e)
+    }
+
     /// Resolve an ID (DESIGN.md §6) to its backend, image ID and all its names.
     ///
     /// # Errors
@@ -175,9 +188,11 @@ impl Store {
     /// # Errors
     /// A corrupt index, or a lock timeout.
     pub fn snapshot(&self) -> Result<Snapshot, Error> {
-        let w = self.on_wait();
-        let oci = self.oci_db().read(self.opts.lock_wait, &w)?;
-        let cloud = self.cloud_db().read(self.opts.lock_wait, &w)?;
+        // No lock: both writers replace an index by rename. A reader that finds a cache missing
+        // or stale rebuilds it from what it reads when it can (never waiting for that).
+        let rebuild = self.opts.index_cache;
+        let oci = self.oci_db().read_for_lookup(rebuild)?;
+        let cloud = self.cloud_db().read_for_lookup(rebuild)?;
         Ok(Snapshot::build(oci, cloud))
     }
 
@@ -186,6 +201,11 @@ impl Store {
     /// # Errors
     /// A corrupt index, or a lock timeout.
     pub fn list(&self) -> Result<Vec<ListEntry>, Error> {
+        if let Some(caches) = self.caches() {
+            if let Some(out) = list_cached(&caches) {
+                return Ok(out);
+            }
+        }
         let snap = self.snapshot()?;
         let mut out: Vec<ListEntry> = snap
             .oci
@@ -213,9 +233,48 @@ impl Store {
     /// # Errors
     /// Not found, ambiguous, or an unreadable index.
     pub fn inspect(&self, query: &str) -> Result<ImageInfo, Error> {
-        let snap = self.snapshot()?;
-        let f = snap.find(query)?;
-        Ok(self.describe(&snap, f.kind, f.keys.iter().map(String::as_str)))
+        let (f, e) = self
+            .resolve_all(&[query])?
+            .pop()
+            .expect("one answer per query");
+        Ok(self.describe_entry(f.keys, &e))
+    }
+
+    /// Describe the image named by `names` (any order) whose first name's entry is `entry`.
+    pub(super) fn describe_entry(&self, mut names: Vec<String>, entry: &ImageEntry) -> ImageInfo {
+        names.sort();
+        let first = names[0].clone();
+        let (kind, id, size, created_at, blobs) = match entry {
+            ImageEntry::Oci(e) => {
+                let b = self.layout.backend(Kind::Oci);
+                (
+                    Kind::Oci,
+                    e.id(),
+                    e.size,
+                    e.created_at.clone(),
+                    blobs_of(&b, e),
+                )
+            }
+            ImageEntry::Cloud(e) => {
+                let b = self.layout.backend(Kind::CloudImg);
+                (
+                    Kind::CloudImg,
+                    e.id(),
+                    e.size,
+                    e.created_at.clone(),
+                    blobs_of(&b, e),
+                )
+            }
+        };
+        ImageInfo {
+            id,
+            name: first,
+            names,
+            kind,
+            size,
+            created_at,
+            blobs,
+        }
     }
 
     pub(super) fn describe<'a>(
@@ -248,6 +307,22 @@ impl Store {
             blobs,
         }
     }
+}
+
+/// `list` from both caches; `None` if one turns out unusable (the caller reads the JSON).
+fn list_cached(caches: &[std::sync::Arc<crate::index::cache::Cache>]) -> Option<Vec<ListEntry>> {
+    let mut out = Vec::new();
+    for c in caches {
+        let rows = c.rows().map_err(|e| tracing::debug!("{e}")).ok()?;
+        out.extend(rows.into_iter().map(|r| ListEntry {
+            id: r.id,
+            name: r.key,
+            kind: c.kind(),
+            size: r.size,
+            created_at: r.created_at,
+        }));
+    }
+    Some(out)
 }
 
 /// The stored files of an entry, with their paths.

@@ -191,9 +191,8 @@ impl Store {
                 }
             }
         } else {
-            for q in queries {
-                let f = snap.find(q)?;
-                infos.push(self.describe(&snap, f.kind, f.keys.iter().map(String::as_str)));
+            for (f, e) in self.resolve_all(queries)? {
+                infos.push(self.describe_entry(f.keys, &e));
             }
         }
         let mut sidecars = Sidecars::default();

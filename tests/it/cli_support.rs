@@ -105,7 +105,7 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// Every file under `dir` with a digest of its bytes, sorted: a snapshot to compare
-/// before/after. Lock files are left out: taking a lock may create one.
+/// before/after. Lock files and lookup caches (`images.idx`) are left out: a read may create them.
 pub fn tree(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -118,7 +118,7 @@ pub fn tree(dir: &Path) -> Vec<(PathBuf, String)> {
             let ft = e.file_type().unwrap();
             if ft.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "lock") {
+            } else if p.extension().is_some_and(|e| e == "lock" || e == "idx") {
                 // Taking a lock may create its file.
             } else if ft.is_file() {
                 let sum = imgstore::Digest::sha256_of(&std::fs::read(&p).unwrap()).hex();

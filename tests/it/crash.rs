@@ -131,7 +131,7 @@ pub fn violations(root: &Path, boot_layers: &HashSet<String>) -> Vec<String> {
         for name in crate::cli_support::names(&b.join("db")) {
             let ok = matches!(
                 name.as_str(),
-                "images.json" | "images.json.bak" | "images.lock"
+                "images.json" | "images.json.bak" | "images.lock" | "images.idx"
             ) || (is_tmp(&name)
                 && (name.starts_with(".images.json.") || name.starts_with(".link.")));
             if !ok {
