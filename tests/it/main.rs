@@ -3,6 +3,7 @@
 mod boot;
 mod cache;
 mod cache_fuzz_model;
+mod cache_model;
 mod cache_store;
 mod cli;
 mod cli_output;
