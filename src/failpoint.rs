@@ -18,6 +18,7 @@
 //! | `cloud.before_commit` | a cloud blob is in `blobs/`, the index entry is not written |
 //! | `index.before_write` | under the index lock, `images.json.bak` is linked, the new index is not written |
 //! | `index.after_rename` | the new index is in place and durable; locks are still held |
+//! | `cache.before_rename` | the lookup cache is written and fsynced in its temp file, not renamed |
 //! | `gc.after_delete_blob` | a collected blob is gone; its boot dir (if any) is not |
 //! | `gc.after_delete_boot` | blob and boot dir are gone; its digest lock name and the dir fsync are not |
 

@@ -287,7 +287,7 @@ fn scan_backend(b: &BackendLayout, report: &Mutex<GcReport>) -> Result<Vec<Scann
     Ok(by_digest.into_values().collect())
 }
 
-/// Key digests named by every index, read under shared locks.
+/// Key digests named by every index (read without a lock: indexes are replaced by rename).
 fn mark(layout: &Layout, opts: &GcOptions) -> Result<HashSet<[u8; 32]>, Error> {
     let quiet = |_: &Path| {};
     let oci = Db::<OciEntry>::new(&layout.backend(Kind::Oci)).read(opts.lock_wait, &quiet)?;

@@ -5,8 +5,9 @@
 //! memory-mapped parallel hashing, and found by any unique digest prefix. The on-disk layout and
 //! index files are those of cocoon v0.3.7, so an existing cocoon root opens as-is.
 //!
-//! The boot path of a VM manager is [`Store::open`] then [`Store::config`]: two index reads
-//! under shared locks, a lookup, and a size check of every file the VM will use.
+//! The boot path of a VM manager is [`Store::open`] then [`Store::config`]: no lock, a lookup in
+//! the memory-mapped caches beside the two indexes (a few hash probes; the JSON is parsed only
+//! if a cache is missing or stale), and a size check of every file the VM will use.
 //!
 //! ```
 //! use imgstore::Store;

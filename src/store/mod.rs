@@ -6,9 +6,9 @@
 //! import of OCI images), and `publish` (digest lock, no-clobber publish, blob reuse) which
 //! every ingest shares. This file holds the `Store` type and the facade's error.
 //!
-//! The boot path is [`Store::open`] → [`Store::config`]: two index reads under shared locks, a
-//! lookup, and a size check of every file the VM will use; no hashing, no writes, no waiting on
-//! any pull in flight (pulls hold the index lock only for their final commit).
+//! The boot path is [`Store::open`] → [`Store::config`]: no lock, a lookup through the lookup
+//! caches beside the indexes (`resolve.rs`; the JSON only when a cache is missing or stale), and
+//! a size check of every file the VM will use; no hashing, no waiting on any writer.
 
 mod cloud;
 mod config;

@@ -183,7 +183,7 @@ impl Snapshot {
 }
 
 impl Store {
-    /// Read both indexes (shared locks, one at a time) and build the lookup.
+    /// Read both indexes (no lock: they are replaced by rename) and build the lookup.
     ///
     /// # Errors
     /// A corrupt index, or a lock timeout.
