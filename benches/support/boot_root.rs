@@ -2,6 +2,7 @@
 //! index files as imgstore writes them (generation token first, recorded sums), and files only
 //! for the one image the benchmarks query (sparse, with the recorded sizes).
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,11 @@ impl Rng {
     }
 
     fn hex(&mut self) -> String {
-        (0..4).map(|_| format!("{:016x}", self.next())).collect()
+        let mut s = String::with_capacity(64);
+        for _ in 0..4 {
+            let _ = write!(s, "{:016x}", self.next());
+        }
+        s
     }
 }
 
@@ -60,7 +65,12 @@ pub fn generate(root: &Path, n: usize) -> Queries {
         let id = rng.hex();
         let (l1, l2) = (rng.hex(), rng.hex());
         let (s1, s2, sk, si) = (4096 * (1 + i as u64 % 7), 8192, 1024, 2048);
-        let (b1, b2, bk, bi) = (sums(&mut rng, s1), sums(&mut rng, s2), sums(&mut rng, sk), sums(&mut rng, si));
+        let (b1, b2, bk, bi) = (
+            sums(&mut rng, s1),
+            sums(&mut rng, s2),
+            sums(&mut rng, sk),
+            sums(&mut rng, si),
+        );
         if i > 0 {
             out.write_all(b",").unwrap();
         }
@@ -125,7 +135,11 @@ pub fn root(base: &Path, n: usize) -> (PathBuf, Queries) {
     if !done.exists() {
         let _ = std::fs::remove_dir_all(&dir);
         let q = generate(&dir, n);
-        std::fs::write(&done, format!("{}\n{}\n{}\n", q.name, q.reference, q.prefix)).unwrap();
+        std::fs::write(
+            &done,
+            format!("{}\n{}\n{}\n", q.name, q.reference, q.prefix),
+        )
+        .unwrap();
     }
     let text = std::fs::read_to_string(&done).unwrap();
     let mut lines = text.lines().map(str::to_owned);
