@@ -430,7 +430,7 @@ fn run(order: &[u32], first: u32, same: impl Fn(u32) -> bool) -> &[u32] {
     &rest[..len]
 }
 
-pub(crate) fn looks_like_short_prefix(query: &str) -> bool {
+fn looks_like_short_prefix(query: &str) -> bool {
     digest_shaped(query) && query.strip_prefix("sha256:").unwrap_or(query).len() < MIN_HEX_LEN
 }
 
