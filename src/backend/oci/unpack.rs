@@ -2,6 +2,8 @@
 //! into overlayfs ones. It writes nothing outside `dest`: it never follows a symlink, never
 //! writes through one, never opens an existing file for writing, and refuses `..`.
 //! It does not touch the store (only [`super::erofs`] decides where scratch dirs live).
+//! (Over 600 lines on purpose: the in-process EROFS writer in `src/erofs/` replaces this module
+//! and `super::erofs` once it is wired into pull and import, so it is not split before then.)
 //!
 //! Entry handling:
 //! - paths: a leading `/` or `./` is dropped (layers are relative to their root); any `..`
