@@ -4,5 +4,6 @@
 pub mod file;
 pub mod legacy;
 pub mod schema;
+pub mod sources;
 
 pub use schema::{CloudEntry, Entry, IndexFile, LayerEntry, OciEntry};

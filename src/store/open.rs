@@ -33,6 +33,9 @@ pub struct StoreOptions {
     pub firmware: Option<PathBuf>,
     /// How many layers of one oci image are fetched and converted at once (at least 1).
     pub layer_jobs: usize,
+    /// Connections one cloud image download uses at once when the server supports guarded
+    /// ranges (1 ..= 16; default 4).
+    pub download_connections: usize,
 }
 
 impl Default for StoreOptions {
@@ -45,6 +48,7 @@ impl Default for StoreOptions {
             registry: crate::backend::oci::registry::ClientOptions::default(),
             firmware: None,
             layer_jobs: 3,
+            download_connections: crate::backend::cloudimg::DEFAULT_CONNECTIONS,
         }
     }
 }
