@@ -37,12 +37,12 @@ timed() { # label, command...: prints wall seconds and CPU seconds (user + sys) 
 
 pull() { # connections
   rm -rf "$WORK/root"
-  "$BIN" --root "$WORK/root" pull --connections "$1" "$URL"
+  timed "imgstore --connections $1:" "$BIN" --root "$WORK/root" pull --connections "$1" "$URL"
 }
 
 echo "== capped at $RATE B/s per connection"
 serve "$RATE"
-for n in 1 4 8; do timed "imgstore --connections $n:" pull "$n"; done
+for n in 1 4 8; do pull "$n"; done
 exec {SERVER[1]}>&-; wait "$SERVER_PID" 2>/dev/null || true
 
 echo "== uncapped"
@@ -51,7 +51,7 @@ for i in 1 2 3; do
   timed "curl -o:" curl -sS -o "$WORK/curl.out" "$URL"
   sync "$WORK/curl.out"
   rm -f "$WORK/curl.out"
-  timed "imgstore --connections 1:" pull 1
-  timed "imgstore --connections 4:" pull 4
+  pull 1
+  pull 4
 done
 exec {SERVER[1]}>&-; wait "$SERVER_PID" 2>/dev/null || true
