@@ -225,6 +225,17 @@ fn untrack(path: &Path) {
     }
 }
 
+/// Have [`remove_live_temps`] remove `path` too (a file whose name its owner chose, such as a
+/// partial download that is not resumable yet). Balance with [`untrack_path`].
+pub fn track_path(path: &Path) {
+    track(path);
+}
+
+/// Undo one [`track_path`] of `path`: an interrupt leaves it in place.
+pub fn untrack_path(path: &Path) {
+    untrack(path);
+}
+
 /// Remove every temp file and dir this process still holds. For interrupt handlers: the process
 /// is about to exit without running destructors. Any temp entry created after this call (by a
 /// thread still running) is removed as soon as it is created.

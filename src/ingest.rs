@@ -9,7 +9,8 @@
 //!   qcow2, an EROFS image whose superblock is written last, a download written in ranges at
 //!   offsets) and hashes it by reading it back: it is not published yet, so it is never mapped.
 //!   [`stage_dir`] does the same for a directory of files published as a whole (a layer's boot
-//!   files).
+//!   files); [`stage_hashed`] takes one its caller also hashed in order while filling it (a
+//!   ranged download whose hasher follows the contiguous prefix), so it is not read again.
 //!
 //! Either way the bytes are fsynced and checked against what the caller expected; a failure at any
 //! step leaves nothing behind. [`publish`] then moves a staged file into `blobs/` read-only
@@ -36,7 +37,7 @@ use crate::fsutil::TempFile;
 mod filled;
 mod publish;
 
-pub use filled::{stage_dir, stage_filled, StagedDir};
+pub use filled::{stage_dir, stage_filled, stage_hashed, StagedDir};
 pub use publish::{publish, publish_layer};
 
 /// Size of one pipeline buffer. With 1 MiB buffers and 8 of them the four threads handed work

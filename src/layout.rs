@@ -202,6 +202,24 @@ impl BackendLayout {
     pub fn initrd_path(&self, layer: &Digest) -> PathBuf {
         self.boot_dir(layer).join("initrd.img")
     }
+    /// `db/sources.json`: what imgstore knows of the URLs cloud images came from (validators for
+    /// revalidation). imgstore's own file, so a cocoon rewrite of `images.json` cannot drop it.
+    #[must_use]
+    pub fn sources_path(&self) -> PathBuf {
+        self.db_dir().join("sources.json")
+    }
+    /// `temp/<hex>.download`: the partial download of the URL whose sha256 is `url_key`.
+    #[must_use]
+    pub fn download_path(&self, url_key: &Digest) -> PathBuf {
+        self.temp_dir().join(format!("{}.download", url_key.hex()))
+    }
+    /// `temp/<hex>.download.resume`: the resume record of [`BackendLayout::download_path`]. A
+    /// temp entry `X` beside an `X.resume` is a resumable partial download (docs/design.md §3a).
+    #[must_use]
+    pub fn download_record_path(&self, url_key: &Digest) -> PathBuf {
+        self.temp_dir()
+            .join(format!("{}.download.resume", url_key.hex()))
+    }
     /// `temp/<hex>.lock`: the per-digest ingest lock (may be deleted by GC; lock-then-check protocol).
     #[must_use]
     pub fn digest_lock_path(&self, key: &Digest) -> PathBuf {

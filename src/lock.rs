@@ -142,6 +142,12 @@ impl LockGuard {
         self.mode
     }
 
+    /// The locked file, for a lock that is also the data it guards (a partial download).
+    #[must_use]
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Whether the locked file is still the one at [`LockGuard::path`] (same device and inode).
     pub fn is_current(&self) -> Result<bool, Error> {
         same_file_at(&self.file, &self.path)

@@ -67,6 +67,13 @@ enum Command {
         /// Largest cloud image download accepted (bytes, or with K/M/G/T suffix).
         #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         max_size: Option<u64>,
+        /// Connections per cloud image download, when the server supports guarded ranges.
+        #[arg(long, value_name = "N", default_value_t = 4,
+              value_parser = clap::value_parser!(u16).range(1..=16))]
+        connections: u16,
+        /// Use what is stored without asking the server; fail for what is not stored.
+        #[arg(long, conflicts_with = "force")]
+        offline: bool,
     },
     /// Import an image from files (or stdin): layer tars, an OCI layout or archive, or a disk image.
     Import {
@@ -176,6 +183,16 @@ fn open(
     insecure: &[String],
     max_size: Option<u64>,
 ) -> Result<Store> {
+    open_with(cli, firmware, insecure, max_size, None)
+}
+
+fn open_with(
+    cli: &Cli,
+    firmware: Option<PathBuf>,
+    insecure: &[String],
+    max_size: Option<u64>,
+    connections: Option<usize>,
+) -> Result<Store> {
     let root = cli
         .root
         .clone()
@@ -191,6 +208,9 @@ fn open(
     if let Some(max) = max_size {
         opts.cloud_limits.max_download = max;
     }
+    if let Some(n) = connections {
+        opts.download_connections = n;
+    }
     Store::open_opts(root, opts).context("opening store")
 }
 
@@ -203,7 +223,19 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             force,
             insecure,
             max_size,
-        } => cmd::pull::run(cli, refs, *force, insecure, *max_size),
+            connections,
+            offline,
+        } => cmd::pull::run(
+            cli,
+            refs,
+            &cmd::pull::How {
+                force: *force,
+                offline: *offline,
+                connections: usize::from(*connections),
+            },
+            insecure,
+            *max_size,
+        ),
         Command::Import { name, files, kind } => cmd::import::run(cli, name, files, *kind),
         Command::List => cmd::list::run(cli),
         Command::Inspect { id } => cmd::inspect::run(cli, id),

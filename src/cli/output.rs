@@ -94,7 +94,18 @@ impl Table {
 
 /// One line per pulled or imported image.
 pub fn write_outcome(out: &mut dyn Write, o: &imgstore::store::PullOutcome) -> io::Result<()> {
-    let note = if o.reused { " (already stored)" } else { "" };
+    use imgstore::store::Revalidation;
+    let note = match o.revalidation {
+        Some(Revalidation::Unchanged) => " (already stored; unchanged on the server)",
+        Some(Revalidation::Changed) => " (changed on the server; downloaded again)",
+        Some(Revalidation::Offline) => " (already stored; not checked: offline)",
+        Some(Revalidation::NoValidator) => {
+            " (already stored; not checked: no ETag or Last-Modified was recorded when it was \
+             downloaded, so imgstore cannot tell whether it changed; --force downloads it again)"
+        }
+        _ if o.reused => " (already stored)",
+        _ => "",
+    };
     writeln!(out, "{} {} {}{note}", o.kind, o.name, o.id)
 }
 

@@ -106,8 +106,10 @@ pub fn install_interrupt_cleanup() {
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             clear();
+            // Partial downloads stay, with their resume record: the next pull continues them.
+            imgstore::store::save_partial_downloads();
             imgstore::store::remove_live_temps();
-            eprintln!("interrupted; temporary files removed");
+            eprintln!("interrupted; temporary files removed, partial downloads kept for resume");
             std::process::exit(128 + sig);
         }
     });

@@ -110,7 +110,7 @@ pub fn load<E: Entry>(path: &Path) -> Result<Loaded<E>, Error> {
     })
 }
 
-fn corrupt(path: &Path, raw: &[u8], e: &serde_json::Error) -> Error {
+pub(super) fn corrupt(path: &Path, raw: &[u8], e: &serde_json::Error) -> Error {
     let (line, column) = (e.line(), e.column());
     let line_start = if line <= 1 {
         0
@@ -364,10 +364,21 @@ impl<E: Entry> Db<E> {
         on_wait: &dyn Fn(&Path),
         f: impl FnOnce(&mut IndexFile<E>) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        self.update_locked(wait, on_wait, |idx, _| f(idx))
+    }
+
+    /// [`Db::update`] whose closure also gets the held lock, to update a file the same lock
+    /// guards (`db/sources.json`) in the same critical section.
+    pub fn update_locked<T>(
+        &self,
+        wait: LockWait,
+        on_wait: &dyn Fn(&Path),
+        f: impl FnOnce(&mut IndexFile<E>, &LockGuard) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let guard = lock::lock_file(&self.lock_path, Mode::Exclusive, wait, on_wait)?;
         self.remove_stale_temps()?;
         let mut loaded = load(&self.index_path)?;
-        let out = f(&mut loaded.index)?;
+        let out = f(&mut loaded.index, &guard)?;
         if let Some(bytes) = save_bytes(&loaded, &self.index_path, &guard)? {
             // The index is committed; a cache that cannot be refreshed is only slower reads.
             if let Err(e) =

@@ -6,5 +6,6 @@ pub mod cache;
 pub mod file;
 pub mod legacy;
 pub mod schema;
+pub mod sources;
 
 pub use schema::{CloudEntry, Entry, IndexFile, LayerEntry, OciEntry};

@@ -43,6 +43,45 @@ pub fn stage_filled(
     Ok(Staged { temp, sums })
 }
 
+/// Stage `temp`, which its caller filled and hashed in order while filling it (a ranged
+/// download hashes the contiguous prefix behind its connections, so the bytes are not read a
+/// second time): check `sums` against `expected`, fsync it. On failure the temp file is removed.
+pub fn stage_hashed(
+    temp: TempFile,
+    sums: Sums,
+    source_name: &str,
+    expected: &Expected,
+) -> Result<Staged, Error> {
+    if let Some(want) = expected.size.filter(|&w| w != sums.size) {
+        return Err(Error::SizeMismatch {
+            expected: want,
+            actual: sums.size,
+            source_name: source_name.to_owned(),
+        });
+    }
+    if let Some(max) = expected.max_size.filter(|&m| sums.size > m) {
+        return Err(Error::TooLarge {
+            limit: max,
+            source_name: source_name.to_owned(),
+        });
+    }
+    if let Some(want) = expected.digest {
+        let actual = match want.algorithm() {
+            crate::digest::Algorithm::Blake3 => sums.blake3,
+            _ => sums.sha256,
+        };
+        if actual != want {
+            return Err(Error::Mismatch {
+                expected: want,
+                actual,
+                source_name: source_name.to_owned(),
+            });
+        }
+    }
+    temp.sync()?;
+    Ok(Staged { temp, sums })
+}
+
 /// A directory of files its caller filled (a layer's boot files), hashed, to be published as a
 /// whole by [`super::publish_layer`]. It lives inside a temp directory the caller holds, which
 /// removes it if it is never published.

@@ -9,13 +9,12 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::config::check_files;
 use super::import::check_name;
 use super::{io_err, Error, Kind, Store};
 use crate::backend::cloudimg::{self, Format, Plan};
 use crate::digest::{Digest, Sums};
 use crate::fsutil::{self, TempDir, TempFile};
-use crate::index::CloudEntry;
+use crate::index::{sources, CloudEntry};
 use crate::ingest::{self, Expected};
 
 /// Where a cloud image comes from.
@@ -39,6 +38,31 @@ pub struct PullOutcome {
     pub kind: Kind,
     /// True if nothing new was downloaded or written except the index entry.
     pub reused: bool,
+    /// For a cloud image pulled again: what the server was asked and said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revalidation: Option<Revalidation>,
+}
+
+/// What a pull of a URL already stored found out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Revalidation {
+    /// The server confirmed the stored copy (304, or the same strong `ETag`): nothing downloaded.
+    Unchanged,
+    /// The server has other bytes now: they were downloaded and the name moved to them.
+    Changed,
+    /// Nothing recorded to ask the server with (stored by cocoon or an older imgstore, or the
+    /// server sent no validator): the stored copy was kept unchecked.
+    NoValidator,
+    /// Offline: the stored copy was used without asking.
+    Offline,
+}
+
+/// What imgstore records of a download, for revalidating it later.
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    pub validators: cloudimg::download::probe::Validators,
 }
 
 /// Reads the first [`cloudimg::SNIFF_LEN`] bytes of a stream for sniffing, then hands them back
@@ -92,46 +116,23 @@ impl Store {
                     Box::new(std::io::empty()) as Box<dyn Read + Send>,
                     |acc, f| Box::new(acc.chain(f)),
                 );
-                self.ingest_cloud(name, chained, &source_name, None, None)
+                self.ingest_cloud(name, chained, &source_name, None, None, None)
             }
-            CloudSource::Stdin => self.ingest_cloud(name, std::io::stdin(), "stdin", None, None),
+            CloudSource::Stdin => {
+                self.ingest_cloud(name, std::io::stdin(), "stdin", None, None, None)
+            }
         }
     }
 
-    /// Pull a cloud image from an http(s) URL. The same URL already stored with intact files is
-    /// not downloaded again unless `force`.
-    ///
-    /// # Errors
-    /// HTTP failures (status, timeout, truncated body, over the size cap), refused formats or
-    /// images, a full disk, a lock timeout.
-    pub fn pull_cloud(&self, url: &str, force: bool) -> Result<PullOutcome, Error> {
-        if !force {
-            let snap = self.snapshot()?;
-            if let Some(e) = snap.cloud.get(url) {
-                let info = self.describe(&snap, Kind::CloudImg, std::iter::once(url));
-                if check_files(&info).is_ok() {
-                    return Ok(PullOutcome {
-                        name: url.to_owned(),
-                        id: e.content_sum,
-                        kind: Kind::CloudImg,
-                        reused: true,
-                    });
-                }
-            }
-        }
-        let download = cloudimg::open(url, &self.opts.cloud_limits)?;
-        let total = download.content_length();
-        let cap = self.opts.cloud_limits.max_download;
-        self.ingest_cloud(url, download, url, total, Some(cap))
-    }
-
-    fn ingest_cloud(
+    /// Stage `reader` and store it under `name`; `origin` is what the server said of a download.
+    pub(super) fn ingest_cloud(
         &self,
         name: &str,
         reader: impl Read + Send,
         source_name: &str,
         total: Option<u64>,
         max_size: Option<u64>,
+        origin: Option<&Origin>,
     ) -> Result<PullOutcome, Error> {
         let b = self.layout.backend(Kind::CloudImg);
         let (head, reader) = sniffed(reader, source_name)?;
@@ -161,7 +162,22 @@ impl Store {
         let progress = |done: u64| self.progress(&label, done, total);
         let staged = ingest::stage(&b.temp_dir(), reader, source_name, &expected, &progress)
             .map_err(download_error)?;
+        self.finish_cloud(name, staged, format, source_name, origin)
+    }
+
+    /// Check, convert if needed, publish and commit a staged cloud image (whose head sniffed
+    /// as `format`) under `name`.
+    pub(super) fn finish_cloud(
+        &self,
+        name: &str,
+        staged: ingest::Staged,
+        format: Format,
+        source_name: &str,
+        origin: Option<&Origin>,
+    ) -> Result<PullOutcome, Error> {
+        let b = self.layout.backend(Kind::CloudImg);
         let key = staged.sums.sha256;
+        let size = staged.sums.size;
 
         let guard = self.lock_digest(Kind::CloudImg, &key)?;
         let recorded = self.recorded_cloud_sums(&key)?;
@@ -197,27 +213,33 @@ impl Store {
 
         failpoint!("cloud.before_commit");
         let w = self.on_wait();
-        self.cloud_db().update(self.opts.lock_wait, &w, |idx| {
-            let entry = match idx.get(name) {
-                Some(old) if old.content_sum == key && old.blob == Some(sums) => old.clone(),
-                old => CloudEntry {
-                    reference: name.to_owned(),
-                    content_sum: key,
-                    size: sums.size,
-                    created_at: crate::index::schema::now_rfc3339(),
-                    blob: Some(sums),
-                    extra: old.map(|o| o.extra.clone()).unwrap_or_default(),
-                },
-            };
-            idx.images.insert(name.to_owned(), Some(entry));
-            Ok(())
-        })?;
+        let sources_path = b.sources_path();
+        self.cloud_db()
+            .update_locked(self.opts.lock_wait, &w, |idx, guard| {
+                if let Some(o) = origin {
+                    record_origin(&sources_path, guard, name, key, size, o)?;
+                }
+                let entry = match idx.get(name) {
+                    Some(old) if old.content_sum == key && old.blob == Some(sums) => old.clone(),
+                    old => CloudEntry {
+                        reference: name.to_owned(),
+                        content_sum: key,
+                        size: sums.size,
+                        created_at: crate::index::schema::now_rfc3339(),
+                        blob: Some(sums),
+                        extra: old.map(|o| o.extra.clone()).unwrap_or_default(),
+                    },
+                };
+                idx.images.insert(name.to_owned(), Some(entry));
+                Ok(())
+            })?;
         drop(guard);
         Ok(PullOutcome {
             name: name.to_owned(),
             id: key,
             kind: Kind::CloudImg,
             reused,
+            revalidation: None,
         })
     }
 
@@ -231,6 +253,39 @@ impl Store {
             .find_map(|(_, e)| e.blob);
         Ok(sums)
     }
+}
+
+/// Remember (or forget, when the server gave none) the validators of the download of `url`.
+fn record_origin(
+    path: &std::path::Path,
+    guard: &crate::lock::LockGuard,
+    url: &str,
+    id: Digest,
+    length: u64,
+    o: &Origin,
+) -> Result<(), crate::index::file::Error> {
+    let mut all = sources::load(path)?;
+    let before = all.sources.get(url).cloned();
+    if o.validators.is_empty() {
+        all.sources.remove(url);
+    } else {
+        let extra = before.as_ref().map(|s| s.extra.clone()).unwrap_or_default();
+        all.sources.insert(
+            url.to_owned(),
+            sources::Source {
+                id,
+                etag: o.validators.etag.clone(),
+                last_modified: o.validators.last_modified.clone(),
+                length,
+                checked_at: crate::index::schema::now_rfc3339(),
+                extra,
+            },
+        );
+    }
+    if all.sources.get(url) == before.as_ref() {
+        return Ok(());
+    }
+    sources::save(path, &all, guard)
 }
 
 /// A download failure surfaces from staging as a read error wrapping the [`cloudimg::Error`];

@@ -11,6 +11,7 @@
 //! a size check of every file the VM will use; no hashing, no waiting on any writer.
 
 mod cloud;
+mod cloud_pull;
 mod config;
 mod gc;
 mod import;
@@ -30,7 +31,8 @@ use crate::lock;
 use crate::lookup;
 
 pub use crate::layout::{default_root, BackendLayout, Kind, Layout, Role};
-pub use cloud::{CloudSource, PullOutcome};
+pub use cloud::{CloudSource, PullOutcome, Revalidation};
+pub use cloud_pull::CloudPull;
 pub use config::{Boot, Disk, VmConfig};
 pub use oci::OciSource;
 pub use open::{OnWait, Progress, StoreOptions};
@@ -38,6 +40,9 @@ pub use remove::Removed;
 pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Snapshot};
 pub use verify::{Status, VerifyEntry, VerifyOptions};
 
+/// Make every cloud image download in flight durable as far as it got and write its resume
+/// record, for a signal handler about to exit: the next pull continues where this one stopped.
+pub use crate::backend::cloudimg::download::checkpoint_all as save_partial_downloads;
 pub use crate::backend::cloudimg::Limits as CloudLimits;
 pub use crate::backend::oci::registry::{ClientOptions as RegistryOptions, Credentials, Platform};
 /// Remove every temp file and directory this process still holds, for a signal handler about to
@@ -200,6 +205,12 @@ pub enum Error {
         archive: PathBuf,
         /// The entry's name.
         entry: PathBuf,
+    },
+    /// An offline pull of a URL the store does not hold.
+    #[error("{url} is not in the store, and this pull is offline")]
+    NotStoredOffline {
+        /// The URL.
+        url: String,
     },
 }
 

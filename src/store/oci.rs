@@ -184,6 +184,7 @@ impl Store {
             id: *id,
             kind: Kind::Oci,
             reused: true,
+            revalidation: None,
         }))
     }
 
@@ -218,6 +219,7 @@ impl Store {
             id,
             kind: Kind::Oci,
             reused: false,
+            revalidation: None,
         })
     }
 

@@ -37,6 +37,9 @@ pub struct StoreOptions {
     /// missing or stale one when possible (default). `false` reads the JSON every time: the
     /// same answers, slower; writers refresh the caches either way.
     pub index_cache: bool,
+    /// Connections one cloud image download uses at once when the server supports guarded
+    /// ranges (1 ..= 16; default 4).
+    pub download_connections: usize,
 }
 
 impl Default for StoreOptions {
@@ -50,6 +53,7 @@ impl Default for StoreOptions {
             firmware: None,
             layer_jobs: 3,
             index_cache: true,
+            download_connections: crate::backend::cloudimg::DEFAULT_CONNECTIONS,
         }
     }
 }

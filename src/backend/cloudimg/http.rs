@@ -172,6 +172,8 @@ fn agent(limits: &Limits, https: bool) -> ureq::Agent {
         // Statuses are checked here so the error can name the URL and the reason phrase.
         .http_status_as_error(false)
         .max_redirects(MAX_REDIRECTS)
+        // A ranged download keeps one connection per worker alive between its ranges.
+        .max_idle_connections_per_host(super::download::MAX_CONNECTIONS)
         // A download that starts over TLS never continues in clear text through a redirect.
         .https_only(https)
         .timeout_resolve(Some(limits.connect_timeout))
@@ -186,40 +188,81 @@ fn agent(limits: &Limits, https: bool) -> ureq::Agent {
         .new_agent()
 }
 
-/// Start a GET of `url` (http or https): redirects are followed (at most [`MAX_REDIRECTS`]), the
-/// final status must be 200, and a Content-Length over [`Limits::max_download`] is refused
-/// before any body byte is read. The returned reader enforces the cap and the announced length.
-pub fn open(url: &str, limits: &Limits) -> Result<Download, Error> {
-    check_url(url)?;
-    let https = url
-        .get(..8)
-        .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
-    let response = agent(limits, https)
-        .get(url)
-        .call()
-        .map_err(|e| Error::Http {
+/// An agent for one download: the redirect, TLS, timeout and encoding policy of this module,
+/// shared by every request of a ranged download (so connections are kept alive and reused).
+#[derive(Clone)]
+pub(super) struct Client {
+    agent: ureq::Agent,
+    limits: Limits,
+    https: bool,
+}
+
+impl Client {
+    /// A client for `url`, which must be an http(s) URL.
+    pub(super) fn new(url: &str, limits: &Limits) -> Result<Client, Error> {
+        check_url(url)?;
+        let https = url
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+        Ok(Client {
+            agent: agent(limits, https),
+            limits: limits.clone(),
+            https,
+        })
+    }
+
+    /// The limits this client enforces.
+    pub(super) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// GET `url` with extra request headers. Redirects are followed; any status comes back as a
+    /// response; an unrequested `Content-Encoding` is refused (the stored bytes must be the
+    /// served bytes).
+    pub(super) fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<ureq::http::Response<ureq::Body>, Error> {
+        let mut req = self.agent.get(url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let response = req.call().map_err(|e| Error::Http {
             url: url.to_owned(),
-            cause: describe(&e, limits, https),
+            cause: describe(&e, &self.limits, self.https),
             transient: is_transient(&e),
         })?;
-    let status = response.status();
-    if status != ureq::http::StatusCode::OK {
-        return Err(Error::Status {
-            url: url.to_owned(),
-            status: status.as_u16(),
-            reason: status.canonical_reason().unwrap_or("").to_owned(),
-        });
-    }
-    if let Some(enc) = response.headers().get("content-encoding") {
-        let enc = enc.to_str().unwrap_or("(not text)");
-        if !enc.eq_ignore_ascii_case("identity") {
-            return Err(Error::Http {
-                url: url.to_owned(),
-                cause: format!("unrequested Content-Encoding {enc:?}"),
-                transient: false,
-            });
+        if let Some(enc) = response.headers().get("content-encoding") {
+            let enc = enc.to_str().unwrap_or("(not text)");
+            if !enc.eq_ignore_ascii_case("identity") {
+                return Err(Error::Http {
+                    url: url.to_owned(),
+                    cause: format!("unrequested Content-Encoding {enc:?}"),
+                    transient: false,
+                });
+            }
         }
+        Ok(response)
     }
+}
+
+/// The error for a final status the caller did not expect.
+pub(super) fn status_error(url: &str, status: ureq::http::StatusCode) -> Error {
+    Error::Status {
+        url: url.to_owned(),
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or("").to_owned(),
+    }
+}
+
+/// Wrap the body of a 200 (or a 206 covering the whole file) as a capped, length-checked stream.
+/// A Content-Length over [`Limits::max_download`] is refused before any body byte is read.
+pub(super) fn stream(
+    url: &str,
+    response: ureq::http::Response<ureq::Body>,
+    limits: &Limits,
+) -> Result<Download, Error> {
     let final_url = response.get_uri().to_string();
     let body = response.into_body();
     let content_length = body.content_length();
@@ -241,6 +284,20 @@ pub fn open(url: &str, limits: &Limits) -> Result<Download, Error> {
         received: 0,
         failed: false,
     })
+}
+
+/// Start a GET of `url` (http or https): redirects are followed (at most [`MAX_REDIRECTS`]), the
+/// final status must be 200, and a Content-Length over [`Limits::max_download`] is refused
+/// before any body byte is read. The returned reader enforces the cap and the announced length.
+#[cfg(feature = "unstable")]
+pub fn open(url: &str, limits: &Limits) -> Result<Download, Error> {
+    let client = Client::new(url, limits)?;
+    let response = client.get(url, &[])?;
+    let status = response.status();
+    if status != ureq::http::StatusCode::OK {
+        return Err(status_error(url, status));
+    }
+    stream(url, response, limits)
 }
 
 /// [`open`] `url` and copy its whole body into `sink`; returns the byte count.

@@ -20,17 +20,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 use crate::error::IoError;
 
+pub mod download;
 mod format;
 mod http;
 mod qemu;
 
+pub use download::DEFAULT_CONNECTIONS;
 pub use format::{sniff, Format, SNIFF_LEN};
-pub use http::open;
 pub use qemu::{check_untrusted, convert, plan, Plan};
 #[cfg(feature = "unstable")]
 pub use {
     format::{candidate_format, qcow2_header, Qcow2Header},
-    http::{download, Download},
+    http::{download, open, Download},
     qemu::{qemu_info, ImageInfo},
 };
 
@@ -233,6 +234,24 @@ pub enum Error {
         expected: u64,
         /// The bytes received.
         got: u64,
+    },
+    /// A range came back other than asked (the server broke the protocol).
+    #[error("GET {url}: asked for {asked}, the server sent {got}")]
+    BadRange {
+        /// The URL asked for.
+        url: String,
+        /// The range asked for.
+        asked: String,
+        /// The `Content-Range` received.
+        got: String,
+    },
+    /// The resource kept changing while it was downloaded.
+    #[error("GET {url}: the file changed on the server during the download, {restarts} times in a row; try again later")]
+    Unstable {
+        /// The URL asked for.
+        url: String,
+        /// How many times the download started over.
+        restarts: u32,
     },
     /// Writing the downloaded body to its destination failed.
     #[error("GET {url}: writing the body: {source}")]
