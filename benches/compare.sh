@@ -18,11 +18,14 @@ if [[ -z $file ]]; then
     file=$target/bench-compare/2g.bin
     if [[ ! -f $file || $(stat -c %s "$file") -ne $((2 << 30)) ]]; then
         echo "creating $file" >&2
+        rm -f "$file"
         # Random bytes from a fast stream cipher rather than /dev/urandom, which is slower.
         openssl enc -aes-128-ctr -pass pass:imgstore -nosalt -pbkdf2 </dev/zero 2>/dev/null |
             head -c $((2 << 30)) >"$file" || true # openssl dies of SIGPIPE when head is done
         [[ $(stat -c %s "$file") -eq $((2 << 30)) ]] || { echo "could not create $file" >&2; exit 1; }
     fi
+    # Read-only like a published blob: only those are mapped (verify reads any other file).
+    chmod 0444 "$file"
 fi
 # Warm the page cache so every tool hashes from memory, as verify of a hot blob does.
 cat "$file" >/dev/null

@@ -25,11 +25,17 @@ fn bench_dir() -> PathBuf {
     dir
 }
 
-/// A file of `len` pseudo-random bytes at `path`, reused if it already has that size.
+/// A file of `len` pseudo-random bytes at `path`, reused if it already has that size. Made
+/// read-only (0444), as published blobs are: only those are ever mapped.
 fn data_file(path: &Path, len: u64, seed: u64) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     if std::fs::metadata(path).is_ok_and(|m| m.len() == len) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+            .expect("making bench file read-only");
         return path.to_path_buf();
     }
+    // A file from an earlier run of another size: make it writable again to replace it.
+    let _ = std::fs::remove_file(path);
     let mut x = seed | 1;
     let mut block = vec![0u8; MIB as usize];
     let mut f = File::create(path).expect("creating bench file");
@@ -43,6 +49,8 @@ fn data_file(path: &Path, len: u64, seed: u64) -> PathBuf {
         f.write_all(&block).expect("writing bench file");
     }
     f.sync_all().expect("syncing bench file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+        .expect("making bench file read-only");
     path.to_path_buf()
 }
 

@@ -282,6 +282,37 @@ pub fn stage_files(
     stage_source(temp_dir, &mut src, &name, expected, progress)
 }
 
+/// Like [`stage`], for a copy that is read back at once and never published (a user's layer
+/// tar, converted right after): written through the page cache, which then serves the
+/// converter's reads, and not fsynced (a crash loses only temp debris).
+pub fn stage_scratch(
+    temp_dir: &Path,
+    reader: impl Read + Send,
+    source_name: &str,
+    expected: &Expected,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Staged, Error> {
+    let mut src = NamedReader {
+        reader,
+        name: source_name,
+    };
+    stage_with(
+        temp_dir,
+        &mut src,
+        source_name,
+        expected,
+        progress,
+        Durability::Scratch,
+    )
+}
+
+/// Whether a staged file will be published (direct writes, fsync) or only read back once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Publish,
+    Scratch,
+}
+
 fn stage_source(
     temp_dir: &Path,
     src: &mut dyn Source,
@@ -289,13 +320,35 @@ fn stage_source(
     expected: &Expected,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Staged, Error> {
+    stage_with(
+        temp_dir,
+        src,
+        source_name,
+        expected,
+        progress,
+        Durability::Publish,
+    )
+}
+
+fn stage_with(
+    temp_dir: &Path,
+    src: &mut dyn Source,
+    source_name: &str,
+    expected: &Expected,
+    progress: &(dyn Fn(u64) + Sync),
+    durability: Durability,
+) -> Result<Staged, Error> {
     let mut temp = TempFile::create_in(temp_dir, ".ingest")?;
     let path = temp.path().to_path_buf();
-    let hashed = pipeline(src, Some((temp.file(), &path)), source_name, expected, progress)?;
+    let direct = durability == Durability::Publish;
+    let out = Some((&*temp.file(), path.as_path(), direct));
+    let hashed = pipeline(src, out, source_name, expected, progress)?;
     let sums = checked(hashed, source_name, expected)?;
     // Checked before the fsync so a bad download costs no disk flush; the temp file is not
     // trusted by anyone until `Staged` is returned.
-    temp.sync()?;
+    if durability == Durability::Publish {
+        temp.sync()?;
+    }
     failpoint!("ingest.staged");
     Ok(Staged { temp, sums })
 }
@@ -356,13 +409,15 @@ struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    fn new(file: &'a File, path: &'a Path) -> Self {
+    fn new(file: &'a File, path: &'a Path, direct: bool) -> Self {
         let mut w = Self {
             file,
             path,
             direct: false,
         };
-        w.direct = w.set_direct(true);
+        if direct {
+            w.direct = w.set_direct(true);
+        }
         w
     }
 
@@ -411,7 +466,7 @@ impl<'a> Writer<'a> {
 /// bytes. All threads are joined before this returns, whatever happens.
 fn pipeline(
     src: &mut dyn Source,
-    out: Option<(&File, &Path)>,
+    out: Option<(&File, &Path, bool)>,
     source_name: &str,
     expected: &Expected,
     progress: &(dyn Fn(u64) + Sync),
@@ -462,7 +517,7 @@ fn pipeline(
         let exit = ExitSignal(exit_tx);
         let write_thread = s.spawn(move || -> Result<u64, Error> {
             let _exit = exit;
-            let mut writer = out.map(|(file, path)| Writer::new(file, path));
+            let mut writer = out.map(|(file, path, direct)| Writer::new(file, path, direct));
             let mut written = 0u64;
             for chunk in write_rx {
                 if let Some(w) = &mut writer {

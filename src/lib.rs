@@ -92,6 +92,7 @@ internal! {
     human;
     index;
     ingest;
+    input;
     lock;
     lookup;
     verify;

@@ -1,12 +1,16 @@
 //! Hashing of stored blobs through a read-only mmap; the crate's only unsafe code.
 //!
-//! Large files are mapped and hashed in place (blake3 in parallel inside the file, sha256
-//! sequentially); small files and any file that cannot be mapped are read with plain buffered
-//! reads. Many blobs are verified in parallel across files. This module only reads: it never
+//! Large published blobs are mapped and hashed in place (blake3 in parallel inside the file,
+//! sha256 sequentially). Only a file that is read-only for everyone (mode 0444, as `blobs/` holds
+//! them) is ever mapped: anything else (a user's file, a temp file being converted) may be
+//! truncated by another process, which would kill a process reading through a map with SIGBUS,
+//! so it is read with plain buffered reads, as are small files and any file that cannot be
+//! mapped. Many blobs are verified in parallel across files. This module only reads: it never
 //! creates, renames, changes or deletes anything, and it knows nothing of indexes or locks.
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
@@ -43,10 +47,9 @@ fn map_readonly(file: &File) -> Option<memmap2::Mmap> {
     // SAFETY: a shared read-only map is undefined behaviour only if the file changes while the
     // slice is alive. The map never leaves this module: it is only borrowed by a hasher inside
     // `hash_file`/`sums_of_file` and dropped before they return, so no reference to it escapes.
-    // The files hashed here are published blobs, which are mode 0444 and never rewritten or
-    // truncated in place (a blob is only ever replaced by renaming a new file over its name, which
-    // leaves this mapping's inode untouched). A caller hashing a file that another process is
-    // truncating would get SIGBUS, not silent corruption; that is documented on `hash_file`.
+    // `open` maps only files that no one may write (mode 0444: published blobs, never rewritten
+    // or truncated in place; a blob is only ever replaced by renaming a new file over its name,
+    // which leaves this mapping's inode untouched). Writable files are read instead.
     let map = unsafe { memmap2::MmapOptions::new().map(file) }.ok()?;
     // Only a hint: the sequential readahead matters when the file is not cached yet.
     let _ = map.advise(memmap2::Advice::Sequential);
@@ -56,7 +59,9 @@ fn map_readonly(file: &File) -> Option<memmap2::Mmap> {
 fn open(path: &Path) -> Result<Contents, Error> {
     let file = File::open(path).map_err(io_err("opening", path))?;
     let meta = file.metadata().map_err(io_err("inspecting", path))?;
-    if meta.is_file() && meta.len() >= MMAP_THRESHOLD {
+    // Only published blobs are read-only for everyone; see `map_readonly`.
+    let read_only = meta.permissions().mode() & 0o222 == 0;
+    if meta.is_file() && read_only && meta.len() >= MMAP_THRESHOLD {
         if let Some(map) = map_readonly(&file) {
             return Ok(Contents::Mapped(map));
         }
@@ -129,9 +134,8 @@ impl Hasher {
 
 /// Hash a whole file with one algorithm; returns the digest and the number of bytes hashed.
 ///
-/// Files of 1 MiB and more are memory-mapped: blake3 then hashes on all cores (rayon), sha256 and
-/// sha512 sequentially. The file must not be truncated while it is hashed (published blobs never
-/// are); a concurrent truncation may kill the process with SIGBUS.
+/// Read-only files (published blobs, mode 0444) of 1 MiB and more are memory-mapped: blake3 then
+/// hashes on all cores (rayon), sha256 and sha512 sequentially. Any other file is read.
 pub fn hash_file(path: &Path, algo: Algorithm) -> Result<(Digest, u64), Error> {
     let contents = open(path)?;
     let mut hasher = Hasher::new(algo);
@@ -170,9 +174,19 @@ pub fn sums_of_file(path: &Path) -> Result<Sums, Error> {
             })
         }
         Contents::Read(file) => {
-            let mut h = crate::digest::DualHasher::new();
-            read_chunks(file, path, |b| h.update(b))?;
-            Ok(h.finalize())
+            // Both hashes of each chunk side by side, as on the mapped path.
+            let mut sha = sha2::Sha256::new();
+            let mut b3 = blake3::Hasher::new();
+            let size = read_chunks(file, path, |b| {
+                rayon::join(|| sha.update(b), || {
+                    b3.update(b);
+                });
+            })?;
+            Ok(Sums {
+                sha256: Digest::sha256(sha.finalize().into()),
+                blake3: Digest::blake3(*b3.finalize().as_bytes()),
+                size,
+            })
         }
     }
 }
@@ -290,6 +304,29 @@ mod tests {
             assert_eq!(sums.sha256, Digest::sha256_of(&data));
             assert_eq!(sums.blake3, Digest::blake3_of(&data));
             assert_eq!(sums.size, len as u64);
+            // Read-only, as a published blob: the large one is mapped now; same answers.
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+            assert_eq!(
+                matches!(open(&p).unwrap(), Contents::Mapped(_)),
+                len as u64 >= MMAP_THRESHOLD
+            );
+            assert_eq!(sums_of_file(&p).unwrap(), sums);
+            assert_eq!(
+                hash_file(&p, Algorithm::Blake3).unwrap(),
+                (Digest::blake3_of(&data), len as u64)
+            );
         }
+    }
+
+    /// A file anyone may write is never mapped: another process truncating it would kill this
+    /// one with SIGBUS. It is read instead.
+    #[test]
+    fn writable_files_are_read_not_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("user.tar");
+        std::fs::write(&p, vec![1u8; MMAP_THRESHOLD as usize * 2]).unwrap();
+        assert!(matches!(open(&p).unwrap(), Contents::Read(_)));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(matches!(open(&p).unwrap(), Contents::Mapped(_)));
     }
 }

@@ -9,13 +9,15 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::import::check_name;
-use super::{io_err, Error, Kind, Store};
+use super::import::{check_name, check_pinned, open_inputs, same_reference};
+use super::remove::{boxed, unbox};
+use super::{Error, Kind, Store};
 use crate::backend::cloudimg::{self, Format, Plan};
 use crate::digest::{Digest, Sums};
 use crate::fsutil::{self, TempDir, TempFile};
 use crate::index::{sources, CloudEntry};
 use crate::ingest::{self, Expected};
+use crate::input::{Concat, Input};
 
 /// Where a cloud image comes from.
 #[derive(Debug, Clone)]
@@ -94,34 +96,31 @@ impl Store {
     /// `qemu-img check`), an unreadable source, a full disk, a lock timeout.
     pub fn import_cloud(&self, name: &str, source: &CloudSource) -> Result<PullOutcome, Error> {
         check_name(name)?;
-        match source {
-            CloudSource::Files(parts) => {
-                if parts.is_empty() {
-                    return Err(Error::NoInput { what: "files" });
-                }
-                let source_name = parts
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" + ");
-                let mut readers = Vec::with_capacity(parts.len());
-                for p in parts {
-                    let f = std::fs::File::open(p).map_err(io_err("opening", p))?;
-                    if f.metadata().is_ok_and(|m| m.is_dir()) {
-                        return Err(Error::IsDirectory { path: p.clone() });
-                    }
-                    readers.push(f);
-                }
-                let chained = readers.into_iter().fold(
-                    Box::new(std::io::empty()) as Box<dyn Read + Send>,
-                    |acc, f| Box::new(acc.chain(f)),
-                );
-                self.ingest_cloud(name, chained, &source_name, None, None, None)
+        let inputs = match source {
+            CloudSource::Stdin => vec![Input::stdin()?],
+            CloudSource::Files(parts) if parts.is_empty() => {
+                return Err(Error::NoInput { what: "files" })
             }
-            CloudSource::Stdin => {
-                self.ingest_cloud(name, std::io::stdin(), "stdin", None, None, None)
-            }
+            CloudSource::Files(parts) => open_inputs(parts)?,
+        };
+        self.import_cloud_inputs(name, inputs)
+    }
+
+    /// Import opened sources (the parts of one image, in order) as a cloud image.
+    pub(super) fn import_cloud_inputs(
+        &self,
+        name: &str,
+        inputs: Vec<Input>,
+    ) -> Result<PullOutcome, Error> {
+        check_name(name)?;
+        self.check_cloud_name_free(name)?;
+        let parts = Concat::new(inputs);
+        if parts.is_empty() {
+            return Err(Error::NoInput { what: "files" });
         }
+        let source_name = parts.name();
+        let total = parts.len();
+        self.ingest_cloud(name, parts, &source_name, total, None, None)
     }
 
     /// Stage `reader` and store it under `name`; `origin` is what the server said of a download.
@@ -178,6 +177,7 @@ impl Store {
         let b = self.layout.backend(Kind::CloudImg);
         let key = staged.sums.sha256;
         let size = staged.sums.size;
+        check_pinned(name, &key)?;
 
         let guard = self.lock_digest(Kind::CloudImg, &key)?;
         let recorded = self.recorded_cloud_sums(&key)?;
@@ -212,27 +212,43 @@ impl Store {
         };
 
         failpoint!("cloud.before_commit");
+        // The oci index lock first (the one lock order), held so no oci image takes this name
+        // between the check and the commit.
         let w = self.on_wait();
         let sources_path = b.sources_path();
-        self.cloud_db()
-            .update_locked(self.opts.lock_wait, &w, |idx, guard| {
-                if let Some(o) = origin {
-                    record_origin(&sources_path, guard, name, key, size, o)?;
+        self.oci_db()
+            .update(self.opts.lock_wait, &w, |oci| {
+                if let Some(key) = same_reference(name, oci.entries().map(|(k, _)| k)) {
+                    return Err(boxed(Error::NameTaken {
+                        name: name.to_owned(),
+                        kind: Kind::Oci,
+                        key,
+                    }));
                 }
-                let entry = match idx.get(name) {
-                    Some(old) if old.content_sum == key && old.blob == Some(sums) => old.clone(),
-                    old => CloudEntry {
-                        reference: name.to_owned(),
-                        content_sum: key,
-                        size: sums.size,
-                        created_at: crate::index::schema::now_rfc3339(),
-                        blob: Some(sums),
-                        extra: old.map(|o| o.extra.clone()).unwrap_or_default(),
-                    },
-                };
-                idx.images.insert(name.to_owned(), Some(entry));
-                Ok(())
-            })?;
+                self.cloud_db()
+                    .update_locked(self.opts.lock_wait, &w, |idx, guard| {
+                        if let Some(o) = origin {
+                            record_origin(&sources_path, guard, name, key, size, o)?;
+                        }
+                        let entry = match idx.get(name) {
+                            Some(old) if old.content_sum == key && old.blob == Some(sums) => {
+                                old.clone()
+                            }
+                            old => CloudEntry {
+                                reference: name.to_owned(),
+                                content_sum: key,
+                                size: sums.size,
+                                created_at: crate::index::schema::now_rfc3339(),
+                                blob: Some(sums),
+                                extra: old.map(|o| o.extra.clone()).unwrap_or_default(),
+                            },
+                        };
+                        idx.images.insert(name.to_owned(), Some(entry));
+                        Ok(())
+                    })
+                    .map_err(boxed)
+            })
+            .map_err(unbox)?;
         drop(guard);
         Ok(PullOutcome {
             name: name.to_owned(),

@@ -26,6 +26,7 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
+use crate::digest::Digest;
 use crate::error::{io_err, IoError};
 use crate::lock;
 use crate::lookup;
@@ -61,6 +62,7 @@ pub mod error {
     pub use crate::index::file::Error as IndexError;
     pub use crate::index::legacy::Error as LegacySumsError;
     pub use crate::ingest::Error as IngestError;
+    pub use crate::input::{Changed as InputChanged, Error as InputError};
     pub use crate::lock::Error as LockError;
     pub use crate::lookup::{Candidate, Error as LookupError};
     pub use crate::verify::Error as VerifyError;
@@ -175,17 +177,6 @@ pub enum Error {
         /// What was missing ("files", "layer tars").
         what: &'static str,
     },
-    /// OCI images need files: layer tars, a layout directory or an archive.
-    #[error(
-        "OCI images cannot be imported from stdin; pass layer tars, an OCI layout directory or an oci-archive"
-    )]
-    OciFromStdin,
-    /// A directory was given where a disk image file was expected.
-    #[error("{} is a directory", path.display())]
-    IsDirectory {
-        /// The directory.
-        path: PathBuf,
-    },
     /// The source of a cloud image holds no bytes.
     #[error("{source_name} is empty")]
     EmptySource {
@@ -212,6 +203,59 @@ pub enum Error {
         /// The URL.
         url: String,
     },
+    /// A source to import could not be opened or read as a stream (a device, a directory
+    /// among files, an unreadable path).
+    #[error(transparent)]
+    Input(#[from] crate::input::Error),
+    /// Among layer tars, a file that is not one (a disk image, other compressed data).
+    #[error("{name}: is {found}, not a layer tar (plain, gzip or zstd); import takes either layer tars or the parts of one disk image")]
+    NotALayer {
+        /// The file.
+        name: String,
+        /// What it looks like.
+        found: &'static str,
+    },
+    /// A layer could not be converted; names the file or registry layer it came from.
+    #[error("{source_name}: {source}")]
+    LayerFrom {
+        /// The layer tar as the user named it, or `layer <digest>` of a registry or layout.
+        source_name: String,
+        /// The cause.
+        #[source]
+        source: crate::backend::oci::erofs::Error,
+    },
+    /// A name pinning a digest (`app@sha256:…`) given to an image with another ID (boxed: two
+    /// digests are large).
+    #[error(transparent)]
+    PinnedDigest(Box<PinnedDigest>),
+    /// The name already names an image of the other backend.
+    #[error("{name} already names the {kind} image {key}; one reference names one image: remove that one first (imgstore rm {key:?}) or choose another name")]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+        /// The backend holding the other image.
+        kind: Kind,
+        /// Its index key.
+        key: String,
+    },
+    /// An OCI layout holding several tagged images, and no `DIR:TAG` to choose one.
+    #[error("{layout}: holds several images (tags {}); choose one as {layout}:TAG", tags.join(", "))]
+    LayoutTagNeeded {
+        /// The layout directory (or archive).
+        layout: String,
+        /// The tags it holds.
+        tags: Vec<String>,
+    },
+    /// `DIR:TAG` naming a tag the layout does not hold.
+    #[error("{layout}: no image tagged {tag:?} (tags: {})", if tags.is_empty() { "none".to_owned() } else { tags.join(", ") })]
+    LayoutTagMissing {
+        /// The layout directory (or archive).
+        layout: String,
+        /// The tag asked for.
+        tag: String,
+        /// The tags it holds.
+        tags: Vec<String>,
+    },
 }
 
 impl From<crate::backend::oci::registry::Error> for Error {
@@ -224,6 +268,18 @@ impl From<crate::ingest::Error> for Error {
     fn from(e: crate::ingest::Error) -> Self {
         Error::Ingest(Box::new(e))
     }
+}
+
+/// A name pinning a digest that is not the imported image's ID.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} pins {pinned}, but the image imported has ID {id}; a name carrying a digest must match the image")]
+pub struct PinnedDigest {
+    /// The name.
+    pub name: String,
+    /// The digest in the name.
+    pub pinned: Digest,
+    /// The image's ID.
+    pub id: Digest,
 }
 
 /// An image store rooted at one directory.

@@ -16,17 +16,23 @@ use parking_lot::Mutex;
 
 use crate::backend::oci::erofs;
 use crate::backend::oci::registry::{Client, Descriptor};
-use crate::digest::{Algorithm, Digest, Sums};
+use crate::backend::oci::unpack::Compression;
+use crate::digest::{Digest, Sums};
 use crate::fsutil::{self, TempDir, TempFile};
 use crate::index::{LayerEntry, OciEntry};
 use crate::ingest::{self, Expected, Staged, StagedDir};
+use crate::input::Input;
 use crate::reference::Reference;
 use crate::verify;
 
 use super::cloud::PullOutcome;
 use super::config::check_files;
-use super::import::check_name;
+use super::import::{
+    check_name, check_pinned, describe, is_oci_archive, open_inputs, same_reference, sniff,
+    Content, SNIFF,
+};
 use super::oci_layout::{read_layout, unpack_layout_archive};
+use super::remove::{boxed, unbox};
 use super::{Error, Kind, Store};
 
 /// Where an OCI image comes from, for [`Store::import_oci`].
@@ -34,8 +40,14 @@ use super::{Error, Kind, Store};
 pub enum OciSource {
     /// Layer tars (plain, gzip or zstd), base layer first.
     LayerTars(Vec<PathBuf>),
-    /// An OCI image layout directory (`oci-layout`, `index.json`, `blobs/`).
-    Layout(PathBuf),
+    /// An OCI image layout directory (`oci-layout`, `index.json`, `blobs/`), and the tag
+    /// (`org.opencontainers.image.ref.name`) of the image to take when it holds several.
+    Layout {
+        /// The directory.
+        dir: PathBuf,
+        /// The tag, as skopeo's `oci:DIR:TAG` names it.
+        tag: Option<String>,
+    },
     /// A tar of an OCI image layout (`oci-archive`).
     Archive(PathBuf),
 }
@@ -48,7 +60,27 @@ pub(super) enum LayerFrom<'a> {
         repository: &'a str,
         desc: Descriptor,
     },
-    File(PathBuf),
+    /// A user's layer tar, already read once into the store's `temp/` (hashed on the way).
+    Staged {
+        /// The file as the user named it.
+        name: String,
+        /// The copy.
+        staged: ingest::Staged,
+    },
+    /// A blob of an OCI layout: read only if the store lacks the layer, and checked against
+    /// the manifest's digest and size while it is read.
+    LayoutBlob { path: PathBuf, size: u64 },
+}
+
+impl LayerFrom<'_> {
+    /// The layer's source for messages.
+    fn label(&self, digest: &Digest) -> String {
+        match self {
+            LayerFrom::Registry { .. } => format!("layer {digest}"),
+            LayerFrom::Staged { name, .. } => name.clone(),
+            LayerFrom::LayoutBlob { path, .. } => path.display().to_string(),
+        }
+    }
 }
 
 pub(super) struct Layer<'a> {
@@ -90,6 +122,7 @@ impl Store {
             source,
         })?;
         let key = r.canonical();
+        self.check_oci_name_free(&key)?;
         let client = Client::new(self.opts.registry.clone());
         let tag_or_digest = r
             .digest()
@@ -126,48 +159,102 @@ impl Store {
     /// entries), an image without kernel or initrd, a lock timeout.
     pub fn import_oci(&self, name: &str, source: &OciSource) -> Result<PullOutcome, Error> {
         check_name(name)?;
-        let key = Reference::parse(name).map_or_else(|_| name.to_owned(), |r| r.canonical());
         match source {
             OciSource::LayerTars(files) => {
                 if files.is_empty() {
                     return Err(Error::NoInput { what: "layer tars" });
                 }
-                let mut layers = Vec::new();
-                let mut descs = Vec::new();
-                for f in files {
-                    let (digest, size) = verify::hash_file(f, Algorithm::Sha256)?;
-                    descs.push(serde_json::json!({
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": digest.to_string(),
-                        "size": size,
-                    }));
-                    layers.push(Layer {
-                        digest,
-                        from: LayerFrom::File(f.clone()),
-                    });
-                }
-                // A stable ID: the digest of a manifest made only from the layers.
-                let manifest = serde_json::json!({
-                    "schemaVersion": 2,
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "layers": descs,
-                });
-                let id = Digest::sha256_of(manifest.to_string().as_bytes());
-                self.store_oci(&key, id, &layers)
+                self.import_oci_inputs(name, open_inputs(files)?)
             }
-            OciSource::Layout(dir) => {
-                let (id, layers) = read_layout(dir, &self.opts.registry.platform)?;
-                self.store_oci(&key, id, &layers)
-            }
-            OciSource::Archive(tar) => {
-                let b = self.layout.backend(Kind::Oci);
-                fsutil::create_dir_all(&b.temp_dir())?;
-                let dir = TempDir::create_in(&b.temp_dir(), "archive")?;
-                unpack_layout_archive(tar, dir.path())?;
-                let (id, layers) = read_layout(dir.path(), &self.opts.registry.platform)?;
+            OciSource::Archive(tar) => self.import_oci_inputs(name, vec![Input::open(tar)?]),
+            OciSource::Layout { dir, tag } => {
+                let key = oci_key(name);
+                self.check_oci_name_free(&key)?;
+                let label = dir.display().to_string();
+                let (id, layers) =
+                    read_layout(dir, &label, tag.as_deref(), &self.opts.registry.platform)?;
+                check_pinned(name, &id)?;
                 self.store_oci(&key, id, &layers)
             }
         }
+    }
+
+    /// Import opened sources as an OCI image: one oci-archive, or layer tars in order. Each is
+    /// read once, into the store's `temp/`, before any lock is taken.
+    pub(super) fn import_oci_inputs(
+        &self,
+        name: &str,
+        inputs: Vec<Input>,
+    ) -> Result<PullOutcome, Error> {
+        check_name(name)?;
+        if inputs.is_empty() {
+            return Err(Error::NoInput { what: "layer tars" });
+        }
+        let key = oci_key(name);
+        self.check_oci_name_free(&key)?;
+        let b = self.layout.backend(Kind::Oci);
+        fsutil::create_dir_all(&b.temp_dir())?;
+        let label = format!("importing {key}");
+        let total: Option<u64> = inputs.iter().map(Input::size).sum();
+        let done = AtomicU64::new(0);
+        let mut staged = Vec::with_capacity(inputs.len());
+        for mut input in inputs {
+            let source_name = input.name().to_owned();
+            let head = input.peek(SNIFF)?;
+            let Content::Tar(compression) = sniff(head) else {
+                return Err(Error::NotALayer {
+                    name: source_name,
+                    found: describe(head),
+                });
+            };
+            let base = done.load(Ordering::Relaxed);
+            let copy = ingest::stage_scratch(
+                &b.temp_dir(),
+                &mut input,
+                &source_name,
+                &ingest::Expected::default(),
+                &|n| {
+                    done.store(base + n, Ordering::Relaxed);
+                    self.progress(&label, base + n, total);
+                },
+            )?;
+            staged.push((source_name, compression, copy));
+        }
+        if let [(source_name, Compression::None, copy)] = &staged[..] {
+            if is_oci_archive(copy.temp.path()) {
+                let dir = TempDir::create_in(&b.temp_dir(), "archive")?;
+                unpack_layout_archive(copy.temp.path(), source_name, dir.path())?;
+                let (id, layers) =
+                    read_layout(dir.path(), source_name, None, &self.opts.registry.platform)?;
+                check_pinned(name, &id)?;
+                return self.store_oci(&key, id, &layers);
+            }
+        }
+        let mut layers = Vec::with_capacity(staged.len());
+        let mut descs = Vec::with_capacity(staged.len());
+        for (source_name, _, copy) in staged {
+            descs.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": copy.sums.sha256.to_string(),
+                "size": copy.sums.size,
+            }));
+            layers.push(Layer {
+                digest: copy.sums.sha256,
+                from: LayerFrom::Staged {
+                    name: source_name,
+                    staged: copy,
+                },
+            });
+        }
+        // A stable ID: the digest of a manifest made only from the layers.
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "layers": descs,
+        });
+        let id = Digest::sha256_of(manifest.to_string().as_bytes());
+        check_pinned(name, &id)?;
+        self.store_oci(&key, id, &layers)
     }
 
     fn already_stored(&self, key: &str, id: &Digest) -> Result<Option<PullOutcome>, Error> {
@@ -231,7 +318,7 @@ impl Store {
             .iter()
             .map(|l| match &l.from {
                 LayerFrom::Registry { desc, .. } => desc.size,
-                LayerFrom::File(_) => 0,
+                LayerFrom::Staged { .. } | LayerFrom::LayoutBlob { .. } => 0,
             })
             .sum();
         let done = AtomicU64::new(0);
@@ -274,34 +361,51 @@ impl Store {
     fn commit_oci(&self, key: &str, entry: &OciEntry) -> Result<(), Error> {
         let canonical = Reference::parse(key).ok().map(|r| r.canonical());
         let w = self.on_wait();
-        self.oci_db().update(self.opts.lock_wait, &w, |idx| {
-            // Keys cocoon stored verbatim (`ubuntu:24.04`) name the same image as the canonical
-            // key: replace them rather than keep two entries for one name.
-            if let Some(c) = &canonical {
-                let stale: Vec<String> = idx
-                    .images
-                    .keys()
-                    .filter(|k| k.as_str() != key)
-                    .filter(|k| Reference::parse(k).is_ok_and(|r| r.canonical() == *c))
-                    .cloned()
-                    .collect();
-                for k in stale {
-                    idx.images.remove(&k);
+        self.oci_db()
+            .update(self.opts.lock_wait, &w, |idx| {
+                // One reference names one image across both backends. The cloud index is read under
+                // this lock (oci before cloudimg, the one lock order), and cloud commits hold it too.
+                let cloud = self.cloud_db().read(self.opts.lock_wait, &w)?;
+                if let Some(other) = same_reference(key, cloud.entries().map(|(k, _)| k)) {
+                    return Err(boxed(Error::NameTaken {
+                        name: key.to_owned(),
+                        kind: Kind::CloudImg,
+                        key: other,
+                    }));
                 }
-            }
-            let keep_time = idx.get(key).filter(|old| {
-                old.manifest_digest == entry.manifest_digest && old.layers == entry.layers
-            });
-            let mut entry = entry.clone();
-            if let Some(old) = keep_time {
-                entry.created_at.clone_from(&old.created_at);
-                entry.extra.clone_from(&old.extra);
-            }
-            idx.images.insert(key.to_owned(), Some(entry));
-            Ok(())
-        })?;
+                // Keys cocoon stored verbatim (`ubuntu:24.04`) name the same image as the canonical
+                // key: replace them rather than keep two entries for one name.
+                if let Some(c) = &canonical {
+                    let stale: Vec<String> = idx
+                        .images
+                        .keys()
+                        .filter(|k| k.as_str() != key)
+                        .filter(|k| Reference::parse(k).is_ok_and(|r| r.canonical() == *c))
+                        .cloned()
+                        .collect();
+                    for k in stale {
+                        idx.images.remove(&k);
+                    }
+                }
+                let keep_time = idx.get(key).filter(|old| {
+                    old.manifest_digest == entry.manifest_digest && old.layers == entry.layers
+                });
+                let mut entry = entry.clone();
+                if let Some(old) = keep_time {
+                    entry.created_at.clone_from(&old.created_at);
+                    entry.extra.clone_from(&old.extra);
+                }
+                idx.images.insert(key.to_owned(), Some(entry));
+                Ok(())
+            })
+            .map_err(unbox)?;
         Ok(())
     }
+}
+
+/// The index key of an oci image imported as `name`: its canonical reference when it is one.
+fn oci_key(name: &str) -> String {
+    Reference::parse(name).map_or_else(|_| name.to_owned(), |r| r.canonical())
 }
 
 /// The index entry for stored layers: kernel and initrd from the last layer providing each.
@@ -395,7 +499,23 @@ impl Store {
         let work = TempDir::create_in(&b.temp_dir(), "layer")?;
         let fetched;
         let src: &Path = match &layer.from {
-            LayerFrom::File(p) => p,
+            LayerFrom::Staged { staged, .. } => staged.temp.path(),
+            LayerFrom::LayoutBlob { path, size } => {
+                let mut input = Input::open(path)?;
+                let name = path.display().to_string();
+                let expected = ingest::Expected {
+                    digest: Some(layer.digest),
+                    size: Some(*size),
+                    max_size: None,
+                };
+                // `stage` reports a running total; the layer progress adds increments.
+                let last = AtomicU64::new(0);
+                fetched = ingest::stage_scratch(work.path(), &mut input, &name, &expected, &|n| {
+                    progress(n.saturating_sub(last.swap(n, Ordering::Relaxed)));
+                })?
+                .temp;
+                fetched.path()
+            }
             LayerFrom::Registry {
                 client,
                 host,
@@ -422,7 +542,12 @@ impl Store {
         };
         let blob = work.path().join("layer.erofs");
         let boot = work.path().join("boot");
-        erofs::convert_layer(src, &layer.digest, work.path(), &blob, &boot)?;
+        erofs::convert_layer(src, &layer.digest, work.path(), &blob, &boot).map_err(|source| {
+            Error::LayerFrom {
+                source_name: layer.from.label(&layer.digest),
+                source,
+            }
+        })?;
         // mkfs.erofs wrote the image out of order (superblock last): ingest hashes it now.
         let what = format!("layer {} (EROFS)", layer.digest);
         let blob =

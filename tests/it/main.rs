@@ -23,6 +23,7 @@ mod http_server;
 mod index;
 mod index_fuzz_model;
 mod ingest;
+mod inputs;
 mod lock;
 mod lookup;
 mod oci_e2e;

@@ -29,7 +29,6 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
 
 use flate2::read::MultiGzDecoder;
 use nix::sys::stat::{Mode, SFlag};
@@ -78,7 +77,7 @@ pub struct UnpackReport {
 }
 
 /// A decompressing reader over a layer file. Call [`LayerReader::finish`] after the tar is read:
-/// it drains the stream, so a corrupt tail or a failed `zstd` is an error, not silence.
+/// it drains the stream, so a corrupt tail is an error, not silence.
 pub struct LayerReader {
     inner: Inner,
 }
@@ -86,15 +85,10 @@ pub struct LayerReader {
 enum Inner {
     Plain(File),
     Gzip(Box<MultiGzDecoder<io::BufReader<File>>>),
-    Zstd {
-        child: Child,
-        stdout: ChildStdout,
-        done: bool,
-    },
+    Zstd(Box<zstd::stream::read::Decoder<'static, io::BufReader<File>>>),
 }
 
-/// Open a layer file and detect its compression. zstd goes through the `zstd` tool (no zstd crate
-/// is linked); without it, zstd layers are [`Error::ToolMissing`].
+/// Open a layer file and detect its compression (gzip and zstd are decoded in-process).
 pub fn open_layer(path: &Path) -> Result<(Compression, LayerReader), Error> {
     let mut file = File::open(path).map_err(io_err("opening layer", path))?;
     let mut head = [0u8; 4];
@@ -113,31 +107,10 @@ pub fn open_layer(path: &Path) -> Result<(Compression, LayerReader), Error> {
     let inner = match compression {
         Compression::None => Inner::Plain(file),
         Compression::Gzip => Inner::Gzip(Box::new(MultiGzDecoder::new(io::BufReader::new(file)))),
-        Compression::Zstd => {
-            let mut child = Command::new("zstd")
-                .args(["-d", "-c", "-q"])
-                .stdin(file)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| match e.kind() {
-                    io::ErrorKind::NotFound => Error::ToolMissing {
-                        tool: "zstd",
-                        package: "zstd",
-                        purpose: "zstd layers need the zstd tool",
-                    },
-                    _ => io_err("running zstd on", path)(e).into(),
-                })?;
-            let stdout = child
-                .stdout
-                .take()
-                .ok_or_else(|| io_err("running zstd on", path)(io::Error::other("no stdout")))?;
-            Inner::Zstd {
-                child,
-                stdout,
-                done: false,
-            }
-        }
+        Compression::Zstd => Inner::Zstd(Box::new(
+            zstd::stream::read::Decoder::with_buffer(io::BufReader::new(file))
+                .map_err(io_err("starting zstd decoder for", path))?,
+        )),
     };
     Ok((compression, LayerReader { inner }))
 }
@@ -147,28 +120,7 @@ impl Read for LayerReader {
         match &mut self.inner {
             Inner::Plain(f) => f.read(buf),
             Inner::Gzip(g) => g.read(buf),
-            Inner::Zstd {
-                child,
-                stdout,
-                done,
-            } => {
-                let n = stdout.read(buf)?;
-                if n == 0 && !buf.is_empty() && !*done {
-                    *done = true;
-                    let mut stderr = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = e.read_to_string(&mut stderr);
-                    }
-                    let status = child.wait()?;
-                    if !status.success() {
-                        return Err(io::Error::other(format!(
-                            "zstd -d failed ({status}): {}",
-                            stderr.trim()
-                        )));
-                    }
-                }
-                Ok(n)
-            }
+            Inner::Zstd(z) => z.read(buf),
         }
     }
 }
@@ -179,17 +131,6 @@ impl LayerReader {
     pub fn finish(mut self) -> Result<(), Error> {
         io::copy(&mut self, &mut io::sink()).map_err(|source| Error::Tar { source })?;
         Ok(())
-    }
-}
-
-impl Drop for LayerReader {
-    fn drop(&mut self) {
-        if let Inner::Zstd { child, done, .. } = &mut self.inner {
-            if !*done {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
     }
 }
 

@@ -150,6 +150,9 @@ pub(crate) struct IndexEntry {
     pub size: u64,
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// `org.opencontainers.image.ref.name` names a tag in an OCI layout's `index.json`.
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// What a manifest request returned.
@@ -346,6 +349,7 @@ mod tests {
             digest: Digest::sha256([n; 32]),
             size: 1,
             platform,
+            annotations: std::collections::BTreeMap::new(),
         }
     }
 
