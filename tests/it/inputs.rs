@@ -264,19 +264,24 @@ fn layer_tars_from_fifos_pipes_and_stdin_import_once() {
 }
 
 /// Issue 11 item 1: devices are refused by name, before anything is read or stored: `/dev/zero`
-/// never ends, and a redirected stdin that is a device is named as such.
+/// never ends, and a redirected stdin that is a device is named as such. Each run is capped at
+/// 64 MiB of written file (`ulimit -f`): without the fix, importing `/dev/zero` fills the disk.
 #[test]
 fn devices_are_refused_by_name() {
     let env = Env::new();
     let before = env.state();
-    env.assert_refused(
-        &before,
-        env.run(&["import", "zero", "/dev/zero"]),
-        &["/dev/zero", "character device"],
-    );
-    let r = env.bash(r#""$IMGSTORE" --root "$ROOT" import zero < /dev/zero"#);
+    let cap = "ulimit -f 65536;";
+    let r = env.bash(&format!(
+        r#"{cap} "$IMGSTORE" --root "$ROOT" import zero /dev/zero"#
+    ));
+    env.assert_refused(&before, r, &["/dev/zero", "character device"]);
+    let r = env.bash(&format!(
+        r#"{cap} "$IMGSTORE" --root "$ROOT" import zero < /dev/zero"#
+    ));
     env.assert_refused(&before, r, &["stdin", "/dev/zero", "character device"]);
-    let r = env.bash(r#""$IMGSTORE" --root "$ROOT" import zero /dev/stdin < /dev/zero"#);
+    let r = env.bash(&format!(
+        r#"{cap} "$IMGSTORE" --root "$ROOT" import zero /dev/stdin < /dev/zero"#
+    ));
     env.assert_refused(&before, r, &["/dev/stdin", "character device"]);
 }
 
