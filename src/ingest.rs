@@ -23,7 +23,7 @@
 )]
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -36,6 +36,9 @@ use crate::fsutil::TempFile;
 
 mod filled;
 mod publish;
+mod writer;
+
+use writer::Writer;
 
 pub use filled::{stage_dir, stage_filled, stage_hashed, StagedDir};
 pub use publish::{publish, publish_layer};
@@ -394,71 +397,6 @@ fn checked(
 struct ShaOut {
     sha256: Digest,
     sha512: Option<Digest>,
-}
-
-/// The write side: direct I/O while chunks stay aligned, buffered writes otherwise.
-///
-/// Copying a whole image into the page cache costs more CPU than sha256 and blake3 together
-/// (measured on the target machine: the copy took over half of staging's CPU time), and the
-/// fsync at the end pays again for the writeback. Direct writes skip both; the tail, or any
-/// filesystem that refuses `O_DIRECT` (tmpfs on older kernels), falls back to plain writes.
-struct Writer<'a> {
-    file: &'a File,
-    path: &'a Path,
-    direct: bool,
-}
-
-impl<'a> Writer<'a> {
-    fn new(file: &'a File, path: &'a Path, direct: bool) -> Self {
-        let mut w = Self {
-            file,
-            path,
-            direct: false,
-        };
-        if direct {
-            w.direct = w.set_direct(true);
-        }
-        w
-    }
-
-    /// Switch `O_DIRECT` on or off; returns whether it is now on.
-    fn set_direct(&mut self, on: bool) -> bool {
-        use nix::fcntl::{fcntl, FcntlArg, OFlag};
-        let Ok(bits) = fcntl(self.file, FcntlArg::F_GETFL) else {
-            return false;
-        };
-        let mut flags = OFlag::from_bits_truncate(bits);
-        flags.set(OFlag::O_DIRECT, on);
-        let ok = fcntl(self.file, FcntlArg::F_SETFL(flags)).is_ok();
-        self.direct = on && ok;
-        self.direct
-    }
-
-    fn write(&mut self, mut data: &[u8]) -> Result<(), Error> {
-        while !data.is_empty() {
-            if self.direct
-                && !(data.len().is_multiple_of(ALIGN)
-                    && (data.as_ptr() as usize).is_multiple_of(ALIGN))
-            {
-                self.set_direct(false);
-            }
-            match (&mut &*self.file).write(data) {
-                Ok(0) => return Err(self.error(io::ErrorKind::WriteZero.into())),
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Alignment rules differ by filesystem and device: any refusal means "not here".
-                Err(e) if self.direct && e.raw_os_error() == Some(nix::libc::EINVAL) => {
-                    self.set_direct(false);
-                }
-                Err(e) => return Err(self.error(e)),
-            }
-        }
-        Ok(())
-    }
-
-    fn error(&self, source: io::Error) -> Error {
-        Error::Io(IoError::new("writing", self.path, source))
-    }
 }
 
 /// Read `src` to the end through the hashing and writing threads (no writing when `out` is
