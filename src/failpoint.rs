@@ -20,7 +20,7 @@
 //! | `index.after_rename` | the new index is in place and durable; locks are still held |
 //! | `cache.before_rename` | the lookup cache is written and fsynced in its temp file, not renamed |
 //! | `gc.after_delete_blob` | a collected blob is gone; its boot dir (if any) is not |
-//! | `gc.after_delete_boot` | blob and boot dir are gone; its digest lock name and the dir fsync are not |
+//! | `gc.after_delete_boot` | blob and boot dir are gone; the lease is still held and the dir fsync not done |
 
 use std::sync::OnceLock;
 

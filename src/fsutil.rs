@@ -117,15 +117,6 @@ pub fn rename_noclobber(src: &Path, dest: &Path) -> Result<bool, Error> {
     }
 }
 
-/// Give the inode at `target` the additional name `link`; `Ok(false)` if `link` already exists.
-pub fn link_noclobber(target: &Path, link: &Path) -> Result<bool, Error> {
-    match fs::hard_link(target, link) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(io_err("linking", link)(e)),
-    }
-}
-
 /// Names of the entries in `dir` (empty if it does not exist).
 pub fn names_in(dir: &Path) -> Result<Vec<String>, Error> {
     match fs::read_dir(dir) {

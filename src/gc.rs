@@ -1,44 +1,51 @@
 //! Garbage collection (DESIGN.md §9): scan, mark, sweep.
 //!
 //! Deleting an image only removes index entries; this module reclaims the blobs, boot dirs and
-//! temp debris nothing refers to. It never edits an index and never blocks an ingest: digest
-//! locks are only tried, never waited for.
+//! temp debris nothing refers to. It never edits an index, never takes a digest lock, and never
+//! waits for a download or a conversion.
 //!
 //! Why it cannot delete live data:
 //! - a blob is a candidate only if no index and no pin source names it at mark time, and it is
 //!   older than the grace period;
-//! - before deleting, the sweep holds the blob's digest lock (an ingest holds it from "check
-//!   cache" to "commit"), then re-reads every index: an ingest that committed after the mark is
-//!   seen there, and one that has not committed cannot start its commit while the lock is held;
-//! - a digest lock file that does not exist is taken by hard-linking `temp/<hex>.lock` to a
-//!   lock file this run already holds (one per batch): anyone who opens that path locks the
-//!   held inode and waits or fails, exactly as with a lock file of its own, and the name is
-//!   removed before the batch lock is released. A crash leaves unlocked multi-name lock files;
-//!   the deletable-lock protocol (`lock::lock_deletable`) drops such a name instead of sharing it, and the next run
-//!   sweeps them;
+//! - an ingest holds its backend's gc lease (`db/gc.lock`) shared from its reuse-or-publish
+//!   decision to its index commit (`store::publish`); cocoon publishes under `images.lock`.
+//!   The sweep, one batch at a time, takes the lease of every backend in the batch exclusively
+//!   and every index lock (shared: it excludes every writer), re-reads the indexes that changed
+//!   since the mark, and only then deletes, without per-blob locks. An ingest that decided
+//!   before has committed (the re-read sees it); one that decides after finds the blob gone
+//!   and stores it again;
+//! - a blob beside which cocoon keeps its lock file (`blobs/<hex>.lock`) is deleted only while
+//!   gc holds that lock;
 //! - temp entries in use are held under `flock` by their owner and are skipped.
+//!
+//! A lease still busy after the lock timeout (an ingest stuck in its commit) makes the
+//! candidates of that backend `busy` for the rest of the run; nothing waits on a download.
 
 use std::collections::HashSet;
-use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use parking_lot::Mutex;
 use rayon::prelude::*;
 
-use crate::digest::{is_hex64, Digest};
-use crate::error::{io_err, IoError};
+use crate::digest::Digest;
+use crate::error::IoError;
 use crate::fsutil;
-use crate::index::file::Db;
-use crate::index::{CloudEntry, Entry, OciEntry};
+use crate::index::file::{load, Db};
+use crate::index::{CloudEntry, Entry, IndexFile, OciEntry};
 use crate::layout::{BackendLayout, Kind, Layout};
-use crate::lock::{self, LockWait};
+use crate::lock::{self, LockGuard, Mode};
 
 mod report;
+mod scan;
+mod temp;
+
+use scan::Scanned;
 
 #[cfg(feature = "unstable")]
 pub use report::Hook;
 pub use report::{Collected, GcOptions, GcReport, SkipReason, Skipped, TempRemoved};
+pub use temp::RESUME_SUFFIX;
 
 /// Something outside the store that keeps blobs alive: VMs, snapshots, … The embedding VM
 /// manager implements it. An error aborts the collection: unknown means in use.
@@ -94,10 +101,10 @@ pub enum Error {
     /// An I/O error (listing a directory, removing an entry), with what was being done and where.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// A lock file could not be taken or removed.
-    #[error("digest lock for {}: {source}", path.display())]
+    /// A lock (gc lease, index lock, cocoon's blob lock) could not be taken.
+    #[error("{source}")]
     Lock {
-        /// The blob (or lock file) concerned.
+        /// The lock file concerned.
         path: PathBuf,
         /// The cause.
         #[source]
@@ -105,25 +112,8 @@ pub enum Error {
     },
 }
 
-/// One directory entry found by the scan.
-struct Scanned {
-    kind: Kind,
-    digest: Digest,
-    blob: Option<PathBuf>,
-    boot: Option<PathBuf>,
-}
-
-impl Scanned {
-    /// The path reports show for it: the blob, else the boot dir.
-    fn path(&self) -> PathBuf {
-        self.blob
-            .clone()
-            .or_else(|| self.boot.clone())
-            .unwrap_or_default()
-    }
-}
-
-/// How many candidates are locked and re-checked against a fresh index read at once.
+/// How many candidates one batch re-checks and deletes under the leases: an ingest's commit
+/// waits for at most one batch.
 const BATCH: usize = 2048;
 
 /// Run one collection over `layout`.
@@ -134,80 +124,85 @@ pub fn collect(
 ) -> Result<GcReport, Error> {
     let started = Instant::now();
     let now = SystemTime::now();
-    let report = Mutex::new(GcReport {
+    let mut report = GcReport {
         dry_run: opts.dry_run,
         ..GcReport::default()
-    });
+    };
 
-    // Scan: every backend's blobs/, boot/ and temp/, in parallel, without locks.
+    // Scan: every backend's blobs/ and boot/, in parallel, without locks.
     let backends: Vec<BackendLayout> = Kind::ALL.iter().map(|k| layout.backend(*k)).collect();
-    let scans: Vec<Result<Vec<Scanned>, Error>> = backends
-        .par_iter()
-        .map(|b| scan_backend(b, &report))
-        .collect();
+    let scans: Vec<Result<_, Error>> = backends.par_iter().map(scan::scan_backend).collect();
     let mut found = Vec::new();
     for s in scans {
-        found.extend(s?);
+        let (f, unknown) = s?;
+        found.extend(f);
+        report.skipped.extend(unknown);
     }
 
     // Mark.
-    let mut live = mark(layout, opts)?;
+    let mut live = Live::mark(layout, opts)?;
     for pin in pins {
         let digests = pin.pinned().map_err(|source| Error::Pin {
             name: pin.name(),
             source,
         })?;
-        live.extend(digests.into_iter().map(|d| d.first32()));
+        live.pinned.extend(digests.into_iter().map(|d| d.first32()));
     }
     #[cfg(feature = "unstable")]
     if let Some(hook) = &opts.after_mark {
         (hook.0)();
     }
 
-    // Candidates: unreferenced, old enough.
-    let candidates: Vec<Scanned> = found
-        .into_iter()
-        .filter(|f| !live.contains(&f.digest.first32()))
-        .collect();
+    // Candidates: unreferenced, old enough (one stat each, in parallel).
     let grace_cut = now
         .checked_sub(opts.grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let candidates: Vec<(Scanned, u64)> = candidates
+    let judged: Vec<Result<(Scanned, u64), Skipped>> = found
         .into_par_iter()
-        .filter_map(|f| {
-            let (newest, bytes) = age_and_size(&f);
+        .filter(|f| !live.contains(&f.digest.first32()))
+        .map(|f| {
+            let (newest, bytes) = scan::age_and_size(&f);
             if newest > grace_cut {
-                report.lock().skipped.push(Skipped {
+                return Err(Skipped {
                     path: f.path(),
                     reason: SkipReason::TooNew,
                 });
-                return None;
             }
-            Some((f, bytes))
+            Ok((f, bytes))
         })
         .collect();
+    let mut candidates = Vec::with_capacity(judged.len());
+    for j in judged {
+        match j {
+            Ok(c) => candidates.push(c),
+            Err(s) => report.skipped.push(s),
+        }
+    }
 
-    // Temp debris, also in runs where no blob is collectable; first, so that stale lock files
-    // (which a crashed run may have left as several names of one inode) are gone before the
-    // sweep needs those names.
+    // Temp debris, also in runs where no blob is collectable.
     let temp_cut = now
         .checked_sub(opts.temp_grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    backends
+    let temps: Vec<Result<_, Error>> = backends
         .par_iter()
-        .try_for_each(|b| sweep_temp(b, opts, temp_cut, &report))?;
-
-    // Sweep, a batch at a time: take digest locks (never wait), re-read the indexes, delete.
-    if !opts.dry_run {
-        for kind in Kind::ALL {
-            if candidates.iter().any(|(f, _)| f.kind == kind) {
-                fsutil::create_dir_all(&layout.backend(kind).temp_dir())?;
-            }
-        }
+        .map(|b| temp::sweep_temp(b, opts, temp_cut))
+        .collect();
+    for t in temps {
+        let t = t?;
+        report.temp.extend(t.removed);
+        report.skipped.extend(t.skipped);
     }
+
+    // Sweep, a batch at a time: leases and index locks, re-check, delete.
+    let mut sweep = Sweep {
+        layout,
+        opts,
+        live,
+        busy: Vec::new(),
+    };
     let mut swept = Ok(());
     for batch in candidates.chunks(BATCH) {
-        swept = sweep_batch(layout, opts, batch, &report);
+        swept = sweep.batch(batch, &mut report);
         if swept.is_err() {
             break;
         }
@@ -215,7 +210,7 @@ pub fn collect(
     // One fsync per directory for the whole run, also after a failed batch: a deletion that is
     // lost in a crash only brings back an orphan, which the next run collects, so durability is
     // owed to the report, not to safety.
-    if !opts.dry_run && !report.lock().blobs.is_empty() {
+    if !opts.dry_run && !report.blobs.is_empty() {
         for b in &backends {
             for dir in [b.blobs_dir(), b.boot_root()] {
                 if dir.exists() {
@@ -226,266 +221,227 @@ pub fn collect(
     }
     swept?;
 
-    let mut report = report.into_inner();
     report.blobs.sort();
     report.temp.sort();
     report.skipped.sort();
     report.bytes_freed = report.blobs.iter().map(|c| c.bytes).sum();
-    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report.temp_bytes_freed = report.temp.iter().map(|t| t.bytes).sum();
+    report.duration = started.elapsed();
+    report.duration_ms = u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX);
     Ok(report)
 }
 
-fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
-    match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| io_err("listing", dir)(e).into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_err("listing", dir)(e).into()),
+/// What an index file was when it was read: a replaced file (every writer renames a new one into
+/// place) has another inode, an edited one another size or time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn seen(path: &Path) -> Option<Seen> {
+    std::fs::metadata(path).ok().map(|m| Seen {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// Key digests of every file the entries of one index need.
+fn keys_of<E: Entry>(idx: &IndexFile<E>, out: &mut HashSet<[u8; 32]>) {
+    for (_, e) in idx.entries() {
+        out.extend(e.files().iter().map(|f| f.key.first32()));
     }
 }
 
-fn scan_backend(b: &BackendLayout, report: &Mutex<GcReport>) -> Result<Vec<Scanned>, Error> {
-    let kind = b.kind();
-    let ext = format!(".{}", kind.blob_ext());
-    let (blobs, boots) = rayon::join(|| list_dir(&b.blobs_dir()), || list_dir(&b.boot_root()));
-    let mut by_digest: std::collections::HashMap<Digest, Scanned> =
-        std::collections::HashMap::new();
-    for (entries, is_blob) in [(blobs?, true), (boots?, false)] {
-        for entry in entries {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            // blobs/<hex>.<ext>, boot/<hex>
-            let stem = if is_blob {
-                name.strip_suffix(ext.as_str())
-            } else {
-                Some(&*name)
-            };
-            let digest = stem
-                .filter(|stem| is_hex64(stem))
-                .and_then(|stem| Digest::parse(stem).ok());
-            let Some(digest) = digest else {
-                report.lock().skipped.push(Skipped {
-                    path: entry.path(),
-                    reason: SkipReason::UnknownName,
-                });
-                continue;
-            };
-            let found = by_digest.entry(digest).or_insert_with(|| Scanned {
-                kind,
-                digest,
-                blob: None,
-                boot: None,
-            });
-            if is_blob {
-                found.blob = Some(entry.path());
-            } else {
-                found.boot = Some(entry.path());
+/// The live set: key digests named by each index (with what each file was when read) and by
+/// the pin sources.
+struct Live {
+    pinned: HashSet<[u8; 32]>,
+    /// Per backend, in `Kind::ALL` order.
+    indexed: Vec<(Option<Seen>, HashSet<[u8; 32]>)>,
+}
+
+impl Live {
+    /// Read every index (without a lock: indexes are replaced by rename).
+    fn mark(layout: &Layout, opts: &GcOptions) -> Result<Self, Error> {
+        let quiet = |_: &Path| {};
+        let mut indexed = Vec::new();
+        for kind in Kind::ALL {
+            let b = layout.backend(kind);
+            // Seen before the read: a file replaced in between reads as changed later.
+            let before = seen(&b.index_path());
+            let mut keys = HashSet::new();
+            match kind {
+                Kind::Oci => keys_of(
+                    &Db::<OciEntry>::new(&b).read(opts.lock_wait, &quiet)?,
+                    &mut keys,
+                ),
+                Kind::CloudImg => keys_of(
+                    &Db::<CloudEntry>::new(&b).read(opts.lock_wait, &quiet)?,
+                    &mut keys,
+                ),
             }
+            indexed.push((before, keys));
         }
-    }
-    Ok(by_digest.into_values().collect())
-}
-
-/// Key digests named by every index (read without a lock: indexes are replaced by rename).
-fn mark(layout: &Layout, opts: &GcOptions) -> Result<HashSet<[u8; 32]>, Error> {
-    let quiet = |_: &Path| {};
-    let oci = Db::<OciEntry>::new(&layout.backend(Kind::Oci)).read(opts.lock_wait, &quiet)?;
-    let cloud =
-        Db::<CloudEntry>::new(&layout.backend(Kind::CloudImg)).read(opts.lock_wait, &quiet)?;
-    let mut live = HashSet::new();
-    for (_, e) in oci.entries() {
-        live.extend(e.files().iter().map(|f| f.key.first32()));
-    }
-    for (_, e) in cloud.entries() {
-        live.extend(e.files().iter().map(|f| f.key.first32()));
-    }
-    Ok(live)
-}
-
-/// The newest mtime and the total size of a candidate's blob and boot files.
-fn age_and_size(f: &Scanned) -> (SystemTime, u64) {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    let mut bytes = 0;
-    let mut visit = |m: &fs::Metadata| {
-        newest = newest.max(m.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-        if m.is_file() {
-            bytes += m.len();
-        }
-    };
-    if let Some(Ok(m)) = f.blob.as_deref().map(fs::symlink_metadata) {
-        visit(&m);
-    }
-    if let Some(boot) = &f.boot {
-        if let Ok(m) = fs::symlink_metadata(boot) {
-            visit(&m);
-        }
-        for e in fs::read_dir(boot).into_iter().flatten().flatten() {
-            if let Ok(m) = e.metadata() {
-                visit(&m);
-            }
-        }
-    }
-    (newest, bytes)
-}
-
-/// How the sweep holds one candidate's digest lock.
-enum Held {
-    /// Dry run: nobody held it when looked at; nothing is locked.
-    Unlocked,
-    /// `temp/<hex>.lock` was absent and is now a name of the batch lock inode, which this
-    /// collection holds: anyone opening that path locks the batch lock and waits.
-    Linked(PathBuf),
-    /// The lock file existed (stale, or an ingest just released it): locked on its own.
-    Own(lock::LockGuard),
-}
-
-/// The lock inode of one batch in one backend: every candidate without a lock file gets a
-/// hard link to it, which makes one `link(2)` (and one `unlink(2)`) do what creating, locking,
-/// checking and deleting a lock file per candidate would.
-fn batch_lock(b: &BackendLayout) -> Result<lock::LockGuard, Error> {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = b
-        .temp_dir()
-        .join(format!("gc.{}.{n}.lock", std::process::id()));
-    lock::lock_deletable(&path, LockWait::no_wait(), &|_| {})
-        .map_err(|source| Error::Lock { path, source })
-}
-
-fn sweep_batch(
-    layout: &Layout,
-    opts: &GcOptions,
-    batch: &[(Scanned, u64)],
-    report: &Mutex<GcReport>,
-) -> Result<(), Error> {
-    let backends: Vec<BackendLayout> = Kind::ALL.iter().map(|k| layout.backend(*k)).collect();
-    let backend = |kind: Kind| {
-        backends
-            .iter()
-            .find(|b| b.kind() == kind)
-            .expect("every kind has a layout")
-    };
-    let mut batch_locks = Vec::new();
-    if !opts.dry_run {
-        for b in &backends {
-            if batch.iter().any(|(f, _)| f.kind == b.kind()) {
-                batch_locks.push((b.kind(), batch_lock(b)?));
-            }
-        }
-    }
-    let batch_lock_of = |kind: Kind| {
-        batch_locks
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, g)| g.path())
-    };
-
-    // Take the digest locks, never waiting; busy means an ingest of that digest is in flight.
-    let locked: Vec<(&Scanned, u64, Held)> = batch
-        .par_iter()
-        .filter_map(|(f, bytes)| {
-            let lock_path = backend(f.kind).digest_lock_path(&f.digest);
-            let held = match batch_lock_of(f.kind) {
-                None => (!fsutil::is_held(&lock_path)).then_some(Held::Unlocked),
-                Some(shared) => match fsutil::link_noclobber(shared, &lock_path) {
-                    Ok(true) => Some(Held::Linked(lock_path)),
-                    // Exists (or cannot be linked): the plain protocol on that file.
-                    Ok(false) | Err(_) => {
-                        lock::lock_deletable(&lock_path, LockWait::no_wait(), &|_| {})
-                            .ok()
-                            .map(Held::Own)
-                    }
-                },
-            };
-            if held.is_none() {
-                report.lock().skipped.push(Skipped {
-                    path: f.path(),
-                    reason: SkipReason::Busy,
-                });
-            }
-            held.map(|h| (f, *bytes, h))
+        Ok(Self {
+            pinned: HashSet::new(),
+            indexed,
         })
-        .collect();
-
-    // Re-check under the locks: an ingest that committed since the mark shows up here, and one
-    // that has not cannot commit before we release. A failed re-read deletes nothing.
-    let live = if locked.is_empty() {
-        Ok(HashSet::new())
-    } else {
-        mark(layout, opts)
-    };
-
-    let swept = locked.into_par_iter().map(|(f, bytes, held)| {
-        let outcome = match &live {
-            Ok(live) => sweep_one(backend(f.kind), opts, f, bytes, live, report),
-            Err(_) => Ok(()),
-        };
-        // Every name given to a lock goes before the lock is released, whatever happened:
-        // removing it while held is the lock-then-check protocol (a waiter wakes on an
-        // orphan, sees the path changed, and retries).
-        let unlocked = match held {
-            Held::Unlocked => Ok(()),
-            Held::Linked(path) => fsutil::remove_file(&path).map(drop).map_err(Error::from),
-            Held::Own(g) => {
-                if let Err(e) = g.remove_locked_file() {
-                    tracing::warn!("removing digest lock: {e}");
-                }
-                Ok(())
-            }
-        };
-        outcome.and(unlocked)
-    });
-    let swept: Result<(), Error> = swept.collect::<Vec<_>>().into_iter().collect();
-    for (_, g) in batch_locks {
-        if let Err(e) = g.remove_locked_file() {
-            tracing::warn!("removing batch lock: {e}");
-        }
     }
-    live?;
-    swept
+
+    /// Re-read the indexes that changed since they were last read. The caller holds every index
+    /// lock, so no writer is between its load and its rename.
+    fn refresh(&mut self, layout: &Layout) -> Result<(), Error> {
+        for (kind, (was, keys)) in Kind::ALL.iter().zip(&mut self.indexed) {
+            let b = layout.backend(*kind);
+            let now = seen(&b.index_path());
+            if now.is_some() && now == *was {
+                continue;
+            }
+            keys.clear();
+            match kind {
+                Kind::Oci => keys_of(&load::<OciEntry>(&b.index_path())?.index, keys),
+                Kind::CloudImg => keys_of(&load::<CloudEntry>(&b.index_path())?.index, keys),
+            }
+            *was = now;
+        }
+        Ok(())
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.pinned.contains(key) || self.indexed.iter().any(|(_, k)| k.contains(key))
+    }
 }
 
-/// Re-check one locked candidate and delete it (or, in a dry run, report it).
-fn sweep_one(
-    b: &BackendLayout,
-    opts: &GcOptions,
-    f: &Scanned,
-    bytes: u64,
-    live: &HashSet<[u8; 32]>,
-    report: &Mutex<GcReport>,
-) -> Result<(), Error> {
-    if live.contains(&f.digest.first32()) {
-        report.lock().skipped.push(Skipped {
-            path: f.path(),
-            reason: SkipReason::Referenced,
-        });
-        return Ok(());
-    }
-    if !opts.dry_run {
-        // Blob first: a crash in between leaves an orphan boot dir, which the next run collects
-        // and a new ingest of the layer replaces. The other order could leave a blob without
-        // its boot files, which an ingest would reuse as a layer without a kernel (ingest relies
-        // on "a blob that exists has its boot dir").
-        if let Some(blob) = &f.blob {
-            fsutil::remove_file(blob)?;
+/// The state of the sweep across batches.
+struct Sweep<'a> {
+    layout: &'a Layout,
+    opts: &'a GcOptions,
+    live: Live,
+    /// Backends whose lease stayed busy: their candidates are skipped for the rest of the run.
+    busy: Vec<Kind>,
+}
+
+/// What became of one candidate.
+enum Outcome {
+    Collected(Collected),
+    Skipped(Skipped),
+}
+
+impl Sweep<'_> {
+    /// Take the gc lease of `kind` exclusively (dry run: only look whether it is free).
+    fn lease(&mut self, kind: Kind) -> Result<Option<LockGuard>, Error> {
+        let path = self.layout.backend(kind).gc_lease_path();
+        if self.opts.dry_run {
+            if fsutil::is_held(&path) {
+                self.busy.push(kind);
+            }
+            return Ok(None);
         }
-        failpoint!("gc.after_delete_blob");
-        if let Some(boot) = &f.boot {
-            remove_boot_dir(b, boot)?;
+        match lock::lock_file(&path, Mode::Exclusive, self.opts.lock_wait, &|_| {}) {
+            Ok(g) => Ok(Some(g)),
+            Err(lock::Error::WouldBlock { .. } | lock::Error::Timeout { .. }) => {
+                self.busy.push(kind);
+                Ok(None)
+            }
+            Err(source) => Err(Error::Lock { path, source }),
         }
-        failpoint!("gc.after_delete_boot");
     }
-    report.lock().blobs.push(Collected {
-        kind: f.kind,
-        digest: f.digest,
-        bytes,
-    });
+
+    fn batch(&mut self, batch: &[(Scanned, u64)], report: &mut GcReport) -> Result<(), Error> {
+        // Leases first, then every index lock (the lock order of docs/design.md §2).
+        let mut held = Vec::new();
+        for kind in Kind::ALL {
+            if !self.busy.contains(&kind) && batch.iter().any(|(f, _)| f.kind == kind) {
+                held.extend(self.lease(kind)?);
+            }
+        }
+        if !self.opts.dry_run {
+            for kind in Kind::ALL {
+                let path = self.layout.backend(kind).index_lock_path();
+                let g = lock::lock_file(&path, Mode::Shared, self.opts.lock_wait, &|_| {})
+                    .map_err(|source| Error::Lock { path, source })?;
+                held.push(g);
+            }
+        }
+        self.live.refresh(self.layout)?;
+        #[cfg(feature = "unstable")]
+        if let Some(hook) = &self.opts.while_leased {
+            (hook.0)();
+        }
+        let (live, busy, opts) = (&self.live, &self.busy, self.opts);
+        let outcomes: Vec<Result<Outcome, Error>> = batch
+            .par_iter()
+            .map(|(f, bytes)| {
+                let skip = |reason| {
+                    Ok(Outcome::Skipped(Skipped {
+                        path: f.path(),
+                        reason,
+                    }))
+                };
+                if busy.contains(&f.kind) {
+                    return skip(SkipReason::Busy);
+                }
+                if live.contains(&f.digest.first32()) {
+                    return skip(SkipReason::Referenced);
+                }
+                // cocoon's lock beside the blob: held while cocoon publishes or pins it.
+                let _cocoon = match &f.cocoon_lock {
+                    Some(p) => match lock::try_existing(p) {
+                        Ok(Some(g)) => Some(g),
+                        Ok(None) => None,
+                        Err(lock::Error::WouldBlock { .. }) => return skip(SkipReason::Busy),
+                        Err(source) => {
+                            return Err(Error::Lock {
+                                path: p.clone(),
+                                source,
+                            })
+                        }
+                    },
+                    None => None,
+                };
+                if !opts.dry_run {
+                    delete(self.layout, f)?;
+                }
+                Ok(Outcome::Collected(Collected {
+                    kind: f.kind,
+                    digest: f.digest,
+                    bytes: *bytes,
+                }))
+            })
+            .collect();
+        drop(held);
+        for o in outcomes {
+            match o? {
+                Outcome::Collected(c) => report.blobs.push(c),
+                Outcome::Skipped(s) => report.skipped.push(s),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Delete one candidate: blob first, then its boot dir. A crash in between leaves an orphan boot
+/// dir, which the next run collects and a new ingest of the layer replaces; the other order could
+/// leave a blob without its boot files, which an ingest would reuse as a layer without a kernel
+/// (ingest relies on "a blob that exists has its boot dir").
+fn delete(layout: &Layout, f: &Scanned) -> Result<(), Error> {
+    if let Some(blob) = &f.blob {
+        fsutil::remove_file(blob)?;
+    }
+    failpoint!("gc.after_delete_blob");
+    if let Some(boot) = &f.boot {
+        remove_boot_dir(&layout.backend(f.kind), boot)?;
+    }
+    failpoint!("gc.after_delete_boot");
     Ok(())
 }
-
-/// Suffix of a boot dir being deleted, moved into `temp/` first.
-const TRASH_SUFFIX: &str = "gc-trash";
 
 /// Remove a boot dir as one step: it is renamed into `temp/` (atomic), then deleted there. A
 /// crash part-way through `remove_dir_all` in place would leave a boot dir missing some files,
@@ -496,9 +452,12 @@ fn remove_boot_dir(b: &BackendLayout, boot: &Path) -> Result<(), Error> {
     let name = boot
         .file_name()
         .map_or_else(|| "boot".into(), |n| n.to_string_lossy().into_owned());
-    let trash = b
-        .temp_dir()
-        .join(format!("{name}.{}.{n}.{TRASH_SUFFIX}", std::process::id()));
+    let trash = b.temp_dir().join(format!(
+        "{name}.{}.{n}.{}",
+        std::process::id(),
+        temp::TRASH_SUFFIX
+    ));
+    let _ = fsutil::create_dir_all(&b.temp_dir());
     match fsutil::rename_noclobber(boot, &trash) {
         Ok(true) => {
             // The boot dir is gone from boot/ already; leftovers in temp/ are the next run's.
@@ -511,72 +470,4 @@ fn remove_boot_dir(b: &BackendLayout, boot: &Path) -> Result<(), Error> {
         // Not on one filesystem (or no renameat2): delete in place.
         Err(_) => fsutil::remove_dir_all(boot).map(drop).map_err(Error::from),
     }
-}
-
-fn sweep_temp(
-    b: &BackendLayout,
-    opts: &GcOptions,
-    cut: SystemTime,
-    report: &Mutex<GcReport>,
-) -> Result<(), Error> {
-    let entries = list_dir(&b.temp_dir())?;
-    let skip = |path: PathBuf, reason| {
-        report.lock().skipped.push(Skipped { path, reason });
-    };
-    let removed = |path: PathBuf, meta: &fs::Metadata| {
-        report.lock().temp.push(TempRemoved {
-            path,
-            bytes: if meta.is_file() { meta.len() } else { 0 },
-        });
-    };
-    let (locks, others): (Vec<_>, Vec<_>) = entries
-        .into_iter()
-        .map(|e| e.path())
-        .partition(|p| p.extension().is_some_and(|e| e == "lock"));
-
-    // Lock files: a deletable lock nobody holds is debris at any age (taking it proves no
-    // ingest uses it, and the lock-then-check protocol lets its holder delete it).
-    // Sequential: the sweep may hold one and the same inode under several names.
-    for path in locks {
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if opts.dry_run {
-            if fsutil::is_held(&path) {
-                skip(path, SkipReason::InUse);
-                continue;
-            }
-        } else {
-            let Ok(g) = lock::lock_deletable(&path, LockWait::no_wait(), &|_| {}) else {
-                skip(path, SkipReason::InUse);
-                continue;
-            };
-            if let Err(e) = g.remove_locked_file() {
-                tracing::warn!("removing stale lock {}: {e}", path.display());
-                continue;
-            }
-        }
-        removed(path, &meta);
-    }
-
-    others.into_par_iter().try_for_each(|path| {
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            return Ok(());
-        };
-        // A boot dir a crashed collection moved here is debris at any age; everything else
-        // gets the grace period.
-        let trash = path.extension().is_some_and(|e| e == TRASH_SUFFIX);
-        if !trash && meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) > cut {
-            return Ok(());
-        }
-        if fsutil::is_held(&path) {
-            skip(path, SkipReason::InUse);
-            return Ok(());
-        }
-        if !opts.dry_run {
-            fsutil::remove_any(&path)?;
-        }
-        removed(path, &meta);
-        Ok(())
-    })
 }

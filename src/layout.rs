@@ -150,6 +150,13 @@ impl BackendLayout {
     pub fn index_lock_path(&self) -> PathBuf {
         self.db_dir().join("images.lock")
     }
+    /// `<root>/<kind>/db/gc.lock` (never deleted): the ingest/gc lease. An ingest holds it shared
+    /// from its reuse-or-publish decision to its index commit; a collection holds it exclusively
+    /// while it re-reads the indexes and deletes a batch. cocoon does not know it.
+    #[must_use]
+    pub fn gc_lease_path(&self) -> PathBuf {
+        self.db_dir().join("gc.lock")
+    }
     /// `<root>/<kind>/temp`: partial downloads, conversions, per-digest locks.
     #[must_use]
     pub fn temp_dir(&self) -> PathBuf {
@@ -271,6 +278,10 @@ mod tests {
             Path::new("/var/lib/cocoon/oci/db/images.lock")
         );
         assert_eq!(oci.temp_dir(), Path::new("/var/lib/cocoon/oci/temp"));
+        assert_eq!(
+            oci.gc_lease_path(),
+            Path::new("/var/lib/cocoon/oci/db/gc.lock")
+        );
         assert_eq!(
             oci.blob_path(&d),
             PathBuf::from(format!("/var/lib/cocoon/oci/blobs/{hex}.erofs"))

@@ -9,9 +9,10 @@
 //!   through [`LockGuard::remove_locked_file`].
 //!
 //! # Lock order
-//! Digest locks first, sorted by digest, then the index lock — always, in every process. The index
-//! lock is never held across a download or a conversion: it covers only load, edit and save of
-//! `images.json`.
+//! Digest locks first, sorted by digest, then a backend's gc lease (`db/gc.lock`), then the index
+//! locks — always, in every process (docs/design.md §2). Neither the lease nor an index lock is
+//! ever held across a download or a conversion: the index lock covers only load, edit and save
+//! of `images.json`, the lease an ingest's reuse-or-publish decision and commit.
 //!
 //! Every lock uses std's `File::lock` family, which is `flock(2)` on Linux: locks belong to the
 //! open file description and vanish when the holder closes it or dies. This module never creates
@@ -132,6 +133,7 @@ pub struct LockGuard {
 impl LockGuard {
     /// The lock file.
     #[must_use]
+    #[cfg(feature = "unstable")]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -313,6 +315,23 @@ pub fn lock_file(
     })
 }
 
+/// Try to lock, exclusively and without waiting, a lock file someone else owns and that must
+/// not be created (cocoon's `blobs/<hex>.lock`): `Ok(None)` if it does not exist,
+/// [`Error::WouldBlock`] if it is held.
+pub fn try_existing(path: &Path) -> Result<Option<LockGuard>, Error> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("opening lock file", path)(e).into()),
+    };
+    Acquire::new(LockWait::no_wait(), &|_| {}).lock(&file, path, Mode::Exclusive)?;
+    Ok(Some(LockGuard {
+        file,
+        path: path.to_path_buf(),
+        mode: Mode::Exclusive,
+    }))
+}
+
 /// Lock, exclusively, a lock file that garbage collection may delete (`temp/<hex>.lock`), using
 /// the lock-then-check protocol: retry until the locked inode is the one at `path`.
 /// The wait policy's deadline covers all retries; `on_wait` is called at most once.
@@ -326,9 +345,10 @@ pub fn lock_deletable(
         let file = open_lock_file(path)?;
         acquire.lock(&file, path, Mode::Exclusive)?;
         if same_file_at(&file, path)? {
-            // Several names on one inode are a collector's batch lock (see `crate::gc`) left
-            // behind by a crash: holding it, drop this name and lock a private file, so two
-            // digests never share (and self-deadlock on) one lock.
+            // Several names on one inode are the batch lock of a collector of an older version
+            // (it linked digest lock names to one held file) left behind by a crash: holding
+            // it, drop this name and lock a private file, so two digests never share (and
+            // self-deadlock on) one lock.
             let links = file.metadata().map_or(1, |m| m.nlink());
             if links > 1 {
                 fsutil::remove_file(path)?;

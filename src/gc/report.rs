@@ -39,6 +39,10 @@ pub struct GcOptions {
     #[doc(hidden)]
     #[cfg(feature = "unstable")]
     pub after_mark: Option<Hook>,
+    /// Test seam: run in every batch while the leases and index locks are held, before deleting.
+    #[doc(hidden)]
+    #[cfg(feature = "unstable")]
+    pub while_leased: Option<Hook>,
 }
 
 impl Default for GcOptions {
@@ -50,6 +54,8 @@ impl Default for GcOptions {
             lock_wait: LockWait::timeout(Duration::from_secs(60)),
             #[cfg(feature = "unstable")]
             after_mark: None,
+            #[cfg(feature = "unstable")]
+            while_leased: None,
         }
     }
 }
@@ -66,7 +72,7 @@ pub struct Collected {
     pub bytes: u64,
 }
 
-/// A temp entry that was removed, or would be in a dry run.
+/// A temp entry that was removed, or would be in a dry run (a directory counts the files in it).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TempRemoved {
     /// The entry.
@@ -81,14 +87,35 @@ pub struct TempRemoved {
 pub enum SkipReason {
     /// Younger than the grace period.
     TooNew,
-    /// Its digest lock is held: an ingest is in flight.
+    /// An ingest is committing: its backend's gc lease stayed busy for the lock timeout, or
+    /// cocoon holds the blob's lock.
     Busy,
-    /// An index named it when re-checked under the digest lock.
+    /// An index named it when re-checked under the lease and index locks.
     Referenced,
     /// The name is not `<64 hex>.<ext>`: not ours to judge.
     UnknownName,
     /// A temp entry held by a live process.
     InUse,
+}
+
+impl SkipReason {
+    /// The reason in words, for people.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            SkipReason::TooNew => "younger than the grace period",
+            SkipReason::Busy => "an ingest is committing it",
+            SkipReason::Referenced => "an image added during this run uses it",
+            SkipReason::UnknownName => "not a name imgstore writes; left alone",
+            SkipReason::InUse => "in use by a running process",
+        }
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
 }
 
 /// An entry left alone, and why.
@@ -111,8 +138,13 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Temp entries removed.
     pub temp: Vec<TempRemoved>,
+    /// Bytes freed by temp entries (files, and every file under a directory).
+    pub temp_bytes_freed: u64,
     /// Entries left alone, with reasons.
     pub skipped: Vec<Skipped>,
     /// Wall time of the run in milliseconds.
     pub duration_ms: u64,
+    /// Wall time of the run.
+    #[serde(skip)]
+    pub duration: Duration,
 }

@@ -2,7 +2,8 @@
 //!
 //! Order of work, so that a crash or a failure anywhere leaves the old state plus temp debris:
 //! stage the source (hashing while writing) → take the digest lock → reuse a stored blob or
-//! check, convert and publish a new one → commit the index entry (short exclusive lock).
+//! check, convert and publish a new one → commit the index entry (short exclusive lock). The gc
+//! lease covers only "reuse or publish" → commit.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -181,9 +182,17 @@ impl Store {
 
         let guard = self.lock_digest(Kind::CloudImg, &key)?;
         let recorded = self.recorded_cloud_sums(&key)?;
-        let (sums, reused) = if let Some(sums) = self.usable_blob(Kind::CloudImg, &key, recorded)? {
+        let reuse = match self.usable_blob(Kind::CloudImg, &key, recorded)? {
+            Some(r) => self
+                .lease_reuse(Kind::CloudImg, &key, &r)?
+                .map(|lease| (r.sums, lease)),
+            None => None,
+        };
+        // The gc lease is held from here to the commit; checking and converting a new blob
+        // happen before it is taken.
+        let (sums, reused, lease) = if let Some((sums, lease)) = reuse {
             drop(staged);
-            (sums, true)
+            (sums, true, lease)
         } else {
             let fmt = match format {
                 Format::Qcow2 => "qcow2",
@@ -193,7 +202,10 @@ impl Store {
                 .map_err(|e| e.relabel(staged.temp.path(), source_name))?;
             let dest = b.blob_path(&key);
             match cloudimg::plan(&info) {
-                Plan::StoreAsIs => (ingest::publish(staged, &dest)?, false),
+                Plan::StoreAsIs => {
+                    let lease = self.lease(Kind::CloudImg)?;
+                    (ingest::publish(staged, &dest)?, false, lease)
+                }
                 Plan::Convert { from } => {
                     let work = TempDir::create_in(&b.temp_dir(), "convert")?;
                     let out = work.path().join("out.qcow2");
@@ -206,7 +218,8 @@ impl Store {
                     let out = TempFile::adopt(out)?;
                     let staged =
                         ingest::stage_filled(out, &converted, &Expected::default(), &|_| {})?;
-                    (ingest::publish(staged, &dest)?, false)
+                    let lease = self.lease(Kind::CloudImg)?;
+                    (ingest::publish(staged, &dest)?, false, lease)
                 }
             }
         };
@@ -249,6 +262,7 @@ impl Store {
                     .map_err(boxed)
             })
             .map_err(unbox)?;
+        drop(lease);
         drop(guard);
         Ok(PullOutcome {
             name: name.to_owned(),

@@ -6,7 +6,8 @@
 //! missing layers concurrently into held temp dirs → check the image has a kernel and an initrd
 //! → publish each new layer's boot dir before its blob (a blob that exists is always complete)
 //! → commit the index entry under a short exclusive lock → release. Nothing is published until
-//! every layer is ready, so a failed pull or import leaves no blob behind.
+//! every layer is ready, so a failed pull or import leaves no blob behind. The gc lease is held
+//! only from "every reused layer is still there" to the commit.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use super::import::{
     Content, SNIFF,
 };
 use super::oci_layout::{read_layout, unpack_layout_archive};
+use super::publish::Reusable;
 use super::remove::{boxed, unbox};
 use super::{Error, Kind, Store};
 
@@ -96,10 +98,11 @@ struct Stored {
     initrd: Option<Sums>,
 }
 
-/// A layer ready to publish: already in the store, or converted into a held temp dir.
+/// A layer ready to publish: already in the store (`reuse`), or converted into a held temp dir.
 struct Prepared {
     stored: Stored,
     staged: Option<Converted>,
+    reuse: Option<Reusable>,
 }
 
 /// A converted layer, staged by ingest in its held temp dir (dropping it removes everything).
@@ -287,10 +290,32 @@ impl Store {
         for d in &unique {
             guards.push(self.lock_digest(Kind::Oci, d)?);
         }
-        let prepared = self.store_layers(key, layers)?;
+        let all: Vec<usize> = (0..layers.len()).collect();
+        let mut prepared = self.store_layers(key, layers, &all)?;
+        // The gc lease, from the reuse-or-publish decision to the commit: every layer found in
+        // the store must still be there under it; one a collection deleted meanwhile is fetched
+        // and converted again, without the lease.
+        let lease = loop {
+            // Refuse an image without boot files before anything of it reaches blobs/.
+            let stored: Vec<Stored> = prepared.iter().map(|p| p.stored).collect();
+            oci_entry(key, id, layers, &stored)?;
+            let lease = self.lease(Kind::Oci)?;
+            let gone: Vec<usize> = (0..layers.len())
+                .filter(|&i| {
+                    prepared[i]
+                        .reuse
+                        .is_some_and(|r| !self.still_there(Kind::Oci, &layers[i].digest, &r))
+                })
+                .collect();
+            if gone.is_empty() {
+                break lease;
+            }
+            drop(lease);
+            for (i, p) in gone.iter().zip(self.store_layers(key, layers, &gone)?) {
+                prepared[*i] = p;
+            }
+        };
         let mut stored: Vec<Stored> = prepared.iter().map(|p| p.stored).collect();
-        // Refuse an image without boot files before anything of it reaches blobs/.
-        oci_entry(key, id, layers, &stored)?;
         for ((layer, p), s) in layers.iter().zip(prepared).zip(&mut stored) {
             if let Some(c) = p.staged {
                 let dest = b.blob_path(&layer.digest);
@@ -300,6 +325,7 @@ impl Store {
         }
         let entry = oci_entry(key, id, layers, &stored)?;
         self.commit_oci(key, &entry)?;
+        drop(lease);
         drop(guards);
         Ok(PullOutcome {
             name: key.to_owned(),
@@ -310,13 +336,19 @@ impl Store {
         })
     }
 
-    /// Fetch (if needed) and convert every layer, a few at a time, without publishing any. The
-    /// caller holds every layer's digest lock.
-    fn store_layers(&self, key: &str, layers: &[Layer<'_>]) -> Result<Vec<Prepared>, Error> {
+    /// Fetch (if needed) and convert the layers `which` (indices into `layers`), a few at a
+    /// time, without publishing any; results in the order of `which`. The caller holds every
+    /// layer's digest lock, not the gc lease.
+    fn store_layers(
+        &self,
+        key: &str,
+        layers: &[Layer<'_>],
+        which: &[usize],
+    ) -> Result<Vec<Prepared>, Error> {
         let recorded = self.recorded_layer_sums()?;
-        let total: u64 = layers
+        let total: u64 = which
             .iter()
-            .map(|l| match &l.from {
+            .map(|&i| match &layers[i].from {
                 LayerFrom::Registry { desc, .. } => desc.size,
                 LayerFrom::Staged { .. } | LayerFrom::LayoutBlob { .. } => 0,
             })
@@ -325,12 +357,14 @@ impl Store {
         let label = format!("pulling {key}");
         let next = AtomicUsize::new(0);
         let results: Mutex<Vec<Option<Result<Prepared, Error>>>> =
-            Mutex::new((0..layers.len()).map(|_| None).collect());
+            Mutex::new(which.iter().map(|_| None).collect());
         std::thread::scope(|s| {
-            for _ in 0..self.opts.layer_jobs.clamp(1, layers.len().max(1)) {
+            for _ in 0..self.opts.layer_jobs.clamp(1, which.len().max(1)) {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(layer) = layers.get(i) else { break };
+                    let Some(layer) = which.get(i).map(|&l| &layers[l]) else {
+                        break;
+                    };
                     let r = self.store_layer(layer, &recorded, &|n| {
                         let d = done.fetch_add(n, Ordering::Relaxed) + n;
                         self.progress(&label, d, (total > 0).then_some(total));
@@ -480,18 +514,19 @@ impl Store {
                 Ok(None)
             }
         };
-        if let Some(sums) = self.usable_blob(
+        if let Some(reuse) = self.usable_blob(
             Kind::Oci,
             &layer.digest,
             recorded.get(&layer.digest).copied(),
         )? {
             return Ok(Prepared {
                 stored: Stored {
-                    sums,
+                    sums: reuse.sums,
                     kernel: file_sums(b.kernel_path(&layer.digest))?,
                     initrd: file_sums(b.initrd_path(&layer.digest))?,
                 },
                 staged: None,
+                reuse: Some(reuse),
             });
         }
         // Everything for this layer happens in one held temp dir: GC leaves it alone while we
@@ -573,6 +608,7 @@ impl Store {
                 boot,
                 _work: work,
             }),
+            reuse: None,
         })
     }
 }

@@ -206,7 +206,7 @@ fn pins_keep_blobs_and_a_failing_pin_source_deletes_nothing() {
 }
 
 /// Child role: hold the digest lock of `DIGEST` in `KIND` until told to release it, as an ingest
-/// does from "check cache" to "commit".
+/// does for its whole run (an oci pull from before its downloads to its commit).
 #[test]
 fn child_holds_digest_lock() {
     let Some(args) = support::child_args("gc-digest-holder") else {
@@ -227,25 +227,45 @@ fn child_holds_digest_lock() {
     drop(g);
 }
 
-/// An ingest in flight in another process holds the digest lock: gc skips that orphan as Busy
-/// (and never waits for it), collects the rest, and collects it once the ingest is gone.
+/// Child role: hold the gc lease of `KIND` shared until told to release it, as an ingest does
+/// from its reuse-or-publish decision to its index commit.
 #[test]
-fn busy_digest_lock_skips_blob_until_released() {
+fn child_holds_gc_lease() {
+    let Some(args) = support::child_args("gc-lease-holder") else {
+        return;
+    };
+    let kind = if args["KIND"] == "oci" {
+        Kind::Oci
+    } else {
+        Kind::CloudImg
+    };
+    let lease = Layout::new(&args["ROOT"]).backend(kind).gc_lease_path();
+    let g = lock::lock_file(&lease, lock::Mode::Shared, LockWait::blocking(), &|_| {}).unwrap();
+    signal(Path::new(&args["LOCKED"]), "locked");
+    await_signal(Path::new(&args["RELEASE"]));
+    drop(g);
+}
+
+/// An ingest in its commit window in another process holds its backend's gc lease: gc (told
+/// not to wait) skips that backend's orphans as Busy, collects the other backend's, and
+/// collects them once the ingest is done. (Before the lease, the same guarantee came from the
+/// digest lock, which gc no longer takes.)
+#[test]
+fn held_lease_skips_backend_until_released() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let layout = Layout::new(&root);
     let busy = orphan(&root, Kind::Oci, "busy", false);
-    let free = orphan(&root, Kind::Oci, "free", false);
+    let free = orphan(&root, Kind::CloudImg, "free", false);
     let locked = dir.path().join("locked");
     let release = dir.path().join("release");
     let mut child = support::spawn(
-        "gc::child_holds_digest_lock",
-        "gc-digest-holder",
+        "gc::child_holds_gc_lease",
+        "gc-lease-holder",
         dir.path(),
         &[
             ("ROOT", root.to_str().unwrap()),
             ("KIND", "oci"),
-            ("DIGEST", &busy.to_string()),
             ("LOCKED", locked.to_str().unwrap()),
             ("RELEASE", release.to_str().unwrap()),
         ],
@@ -253,11 +273,13 @@ fn busy_digest_lock_skips_blob_until_released() {
     wait_for_file(&locked, &mut child);
 
     let b = layout.backend(Kind::Oci);
+    let cloud = layout.backend(Kind::CloudImg);
     for dry_run in [true, false] {
         let r = collect(
             &root,
             &GcOptions {
                 dry_run,
+                lock_wait: LockWait::no_wait(),
                 ..opts(Duration::ZERO)
             },
         );
@@ -267,12 +289,8 @@ fn busy_digest_lock_skips_blob_until_released() {
             BTreeSet::from([b.blob_path(&busy)])
         );
         assert!(b.blob_path(&busy).exists() && b.boot_dir(&busy).exists());
-        assert!(
-            b.digest_lock_path(&busy).exists(),
-            "the held lock file is never deleted"
-        );
     }
-    assert!(!b.blob_path(&free).exists() && !b.boot_dir(&free).exists());
+    assert!(!cloud.blob_path(&free).exists());
 
     signal(&release, "go");
     child.finish();
@@ -284,6 +302,55 @@ fn busy_digest_lock_skips_blob_until_released() {
         "{:?}",
         names(&b.temp_dir())
     );
+}
+
+/// A download in flight holds digest locks but not the lease: gc neither waits for it nor
+/// spares an unreferenced blob of that digest (the ingest decides reuse-or-publish under the
+/// lease later and stores the blob again). The held lock file itself is left alone.
+#[test]
+fn a_download_in_flight_does_not_block_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let layout = Layout::new(&root);
+    let downloading = orphan(&root, Kind::Oci, "downloading", false);
+    let other = orphan(&root, Kind::CloudImg, "other", false);
+    let locked = dir.path().join("locked");
+    let release = dir.path().join("release");
+    let mut child = support::spawn(
+        "gc::child_holds_digest_lock",
+        "gc-digest-holder",
+        dir.path(),
+        &[
+            ("ROOT", root.to_str().unwrap()),
+            ("KIND", "oci"),
+            ("DIGEST", &downloading.to_string()),
+            ("LOCKED", locked.to_str().unwrap()),
+            ("RELEASE", release.to_str().unwrap()),
+        ],
+    );
+    wait_for_file(&locked, &mut child);
+
+    let b = layout.backend(Kind::Oci);
+    // Blocking waits everywhere: a gc that waited for the download would never return.
+    let r = collect(
+        &root,
+        &GcOptions {
+            lock_wait: LockWait::blocking(),
+            ..opts(Duration::ZERO)
+        },
+    );
+    assert_eq!(collected(&r), BTreeSet::from([downloading, other]));
+    assert!(!b.blob_path(&downloading).exists() && !b.boot_dir(&downloading).exists());
+    assert!(
+        b.digest_lock_path(&downloading).exists(),
+        "the held lock file is never deleted"
+    );
+    assert_eq!(
+        skipped(&r, SkipReason::InUse),
+        BTreeSet::from([b.digest_lock_path(&downloading)])
+    );
+    signal(&release, "go");
+    child.finish();
 }
 
 /// An index entry committed after the mark (an ingest that reused an orphan blob and committed
@@ -523,8 +590,6 @@ fn killed_gc_never_loses_referenced_data() {
         for i in 0..20 {
             orphan(root, Kind::Oci, &format!("r{round}-oci{i}"), false);
         }
-        let temp = layout.backend(Kind::CloudImg).temp_dir();
-        let leftovers = names(&temp);
         let blobs_dir = layout.backend(Kind::CloudImg).blobs_dir();
         let blobs_before = names(&blobs_dir).len();
         let mut child = Command::new(bin())
@@ -536,12 +601,13 @@ fn killed_gc_never_loses_referenced_data() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Kill it inside the sweep, at a different step every round: even rounds once its
-        // first digest locks appear in temp/ (taking locks), odd rounds once blobs start to
-        // disappear (deleting), each after a delay that grows with the round.
+        // Kill it inside the sweep, at a different step every round: even rounds once it
+        // holds the cloudimg gc lease (leases and index locks taken), odd rounds once blobs
+        // start to disappear (deleting), each after a delay that grows with the round.
+        let lease = layout.backend(Kind::CloudImg).gc_lease_path();
         let reached = || {
             if round % 2 == 0 {
-                names(&temp).iter().any(|n| !leftovers.contains(n))
+                imgstore::fsutil::is_held(&lease)
             } else {
                 names(&blobs_dir).len() < blobs_before
             }
@@ -618,4 +684,243 @@ fn stale_batch_lock_names_are_not_shared() {
     let r = gc::collect(&Layout::new(dir.path()), &GcOptions::default(), &[]).unwrap();
     assert_eq!(r.temp.len(), 3, "{r:?}");
     assert!(names(&b.temp_dir()).is_empty());
+}
+
+/// The gc lease covers only an ingest's commit window, and gc holds it only for a batch: an
+/// import started while gc holds the cloudimg lease stages and converts its whole source
+/// meanwhile and waits only at the lease ("waiting for lock on …/db/gc.lock"). Its content was
+/// an orphan blob, which gc deletes in that batch; the import then finds it gone under the lease
+/// and stores its own copy (a qcow2, not the orphan's raw bytes), and the image verifies.
+#[test]
+fn an_import_during_a_sweep_waits_only_for_the_lease_and_stores_its_blob_again() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let src = dir.path().join("disk.raw");
+    crate::crash::raw_image(&src, 1 << 20, 7);
+    let key = Digest::parse(&crate::crash::key_of(&src)).unwrap();
+    let b = Layout::new(&root).backend(Kind::CloudImg);
+    std::fs::create_dir_all(b.blobs_dir()).unwrap();
+    // The blob of a removed image with this content: unreferenced, old.
+    std::fs::copy(&src, b.blob_path(&key)).unwrap();
+    age(&b.blob_path(&key));
+
+    let import: Arc<Mutex<Option<std::process::Child>>> = Arc::default();
+    let (hook_import, hook_root, hook_src) = (import.clone(), root.clone(), src.clone());
+    let lease = b.gc_lease_path();
+    let while_leased = move || {
+        let mut child = Command::new(bin())
+            .arg("--root")
+            .arg(&hook_root)
+            .args(["-o", "json", "import", "again"])
+            .arg(&hook_src)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let want = format!("waiting for lock on {}", lease.display());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "import ended without waiting for the lease"
+            );
+            if line.trim_end() == want {
+                break;
+            }
+        }
+        *hook_import.lock().unwrap() = Some(child);
+    };
+    let r = collect(
+        &root,
+        &GcOptions {
+            while_leased: Some(Hook(Arc::new(while_leased))),
+            ..opts(Duration::ZERO)
+        },
+    );
+    assert_eq!(collected(&r), BTreeSet::from([key]), "{r:?}");
+    let child = import.lock().unwrap().take().expect("the hook ran");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let head = std::fs::read(b.blob_path(&key)).unwrap();
+    assert_eq!(
+        &head[..4],
+        b"QFI\xfb",
+        "the import stored a new (converted) blob"
+    );
+    run(&root, &["verify", "again"]).ok();
+}
+
+/// The pid of a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+/// Issue 11 item 7: an import killed with SIGKILL leaves its staging file in temp/; the next
+/// `gc` (whatever the grace period) removes it at once because its process is provably gone
+/// (lock free, recorded pid dead), and reports the bytes. A live import's staging file stays,
+/// and so does a dead process's entry that carries a resume record, until the temp grace.
+#[test]
+fn temp_of_a_killed_import_goes_at_once_and_is_counted() {
+    use std::io::Write;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let temp = Layout::new(&root).backend(Kind::CloudImg).temp_dir();
+    let data = crate::oci_image::pseudo_random(5 << 20, 3);
+    let start_import = |name: &str| {
+        let mut child = Command::new(bin())
+            .arg("--root")
+            .arg(&root)
+            .args(["import", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&data).unwrap();
+        stdin.flush().unwrap();
+        // Wait until its staging file holds the first pipeline buffer (4 MiB).
+        let pid = child.id().to_string();
+        let staged = loop {
+            let found = names(&temp).into_iter().find(|n| {
+                n.contains(&format!(".{pid}."))
+                    && std::fs::metadata(temp.join(n)).is_ok_and(|m| m.len() >= 4 << 20)
+            });
+            if let Some(n) = found {
+                break temp.join(n);
+            }
+            assert!(child.try_wait().unwrap().is_none(), "import {name} ended");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        (child, stdin, staged)
+    };
+    let (mut killed, killed_stdin, killed_temp) = start_import("killed");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    drop(killed_stdin);
+    let killed_bytes = std::fs::metadata(&killed_temp).unwrap().len();
+    let (live, live_stdin, live_temp) = start_import("live");
+    // A dead process's partial download with a resume record: kept until the temp grace.
+    let resumable = temp.join(format!("download.{}.0.ab.tmp", dead_pid()));
+    std::fs::write(&resumable, b"partial").unwrap();
+    let record = temp.join(format!(
+        "{}.resume",
+        resumable.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&record, b"{}").unwrap();
+
+    let out = run(&root, &["-o", "json", "gc", "--grace", "0"])
+        .ok()
+        .json();
+    let removed: Vec<(String, u64)> = out["temp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["path"].as_str().unwrap().to_owned(),
+                t["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        removed,
+        vec![(killed_temp.to_string_lossy().into_owned(), killed_bytes)],
+        "{out}"
+    );
+    assert_eq!(out["temp_bytes_freed"], killed_bytes, "{out}");
+    assert!(!killed_temp.exists());
+    for p in [&live_temp, &resumable, &record] {
+        assert!(p.exists(), "{} kept", p.display());
+    }
+    // The text report counts them too.
+    let text = run(&root, &["gc", "--grace", "0"]).ok().stdout;
+    assert!(text.contains("0 temp entries, 0 bytes freed"), "{text}");
+
+    drop(live_stdin);
+    let status = { live }.wait().unwrap();
+    assert!(status.success());
+    assert!(!live_temp.exists());
+}
+
+/// cocoon keeps a lock file beside each blob (`blobs/<hex>.lock`) and never deletes it: gc
+/// neither reports nor deletes these files, run after run, and spares a blob whose cocoon lock
+/// is held. Reasons are printed in words, sizes and counts read like a person wrote them.
+#[test]
+fn cocoon_blob_locks_are_honoured_and_never_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    cocoon_root(root);
+    let b = Layout::new(root).backend(Kind::CloudImg);
+    let tiny = key("tiny");
+    std::fs::write(b.blob_path(&tiny), b"x").unwrap();
+    age(&b.blob_path(&tiny));
+    let held = orphan(root, Kind::CloudImg, "held", false);
+    let mut locks = Vec::new();
+    for name in names(&b.blobs_dir()) {
+        let hex = name.trim_end_matches(".qcow2");
+        let lock = b.blobs_dir().join(format!("{hex}.lock"));
+        std::fs::write(&lock, b"").unwrap();
+        locks.push(lock);
+    }
+    let oci = Layout::new(root).backend(Kind::Oci);
+    for name in names(&oci.blobs_dir()) {
+        let lock = oci.blobs_dir().join(name.replace(".erofs", ".lock"));
+        std::fs::write(&lock, b"").unwrap();
+        locks.push(lock);
+    }
+    std::fs::write(b.blobs_dir().join("README"), b"r").unwrap();
+    let cocoon_holds = lock::lock_file(
+        &b.blobs_dir().join(format!("{}.lock", held.hex())),
+        lock::Mode::Exclusive,
+        LockWait::no_wait(),
+        &|_| {},
+    )
+    .unwrap();
+
+    let r = collect(root, &opts(Duration::ZERO));
+    assert_eq!(collected(&r), BTreeSet::from([tiny]));
+    assert_eq!(
+        skipped(&r, SkipReason::Busy),
+        BTreeSet::from([b.blob_path(&held)])
+    );
+    assert_eq!(
+        skipped(&r, SkipReason::UnknownName),
+        BTreeSet::from([b.blobs_dir().join("README")])
+    );
+    drop(cocoon_holds);
+    std::fs::write(b.blob_path(&tiny), b"x").unwrap();
+    age(&b.blob_path(&tiny));
+    for round in 0..2 {
+        let text = run(root, &["gc", "--grace", "0"]).ok().stdout;
+        assert!(!text.contains(".lock"), "{text}");
+        assert!(
+            text.contains("README: not a name imgstore writes; left alone"),
+            "{text}"
+        );
+        for bad in ["(s)", "(ies)", "UnknownName", "(1 bytes)"] {
+            assert!(!text.contains(bad), "{bad:?} in {text}");
+        }
+        assert!(text.contains(" 1 entry skipped; took "), "{text}");
+        if round == 0 {
+            assert!(text.contains(&format!("{tiny} (1 byte)\n")), "{text}");
+            assert!(
+                text.contains("removed 2 blobs and 0 temp entries, 12 bytes freed"),
+                "{text}"
+            );
+        }
+    }
+    for l in &locks {
+        assert!(l.exists(), "{} kept", l.display());
+    }
 }

@@ -1,0 +1,132 @@
+//! The scan: what `blobs/` and `boot/` of one backend hold, read without locks; and the one stat
+//! per candidate that gives its age and size.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::digest::{is_hex64, Digest};
+use crate::error::io_err;
+use crate::layout::{BackendLayout, Kind};
+
+use super::report::{SkipReason, Skipped};
+use super::Error;
+
+/// One blob (and, for oci, its boot dir) found by the scan.
+pub(super) struct Scanned {
+    pub(super) kind: Kind,
+    pub(super) digest: Digest,
+    pub(super) blob: Option<PathBuf>,
+    pub(super) boot: Option<PathBuf>,
+    /// cocoon's per-blob lock `blobs/<hex>.lock` exists: honoured (try-locked) before deleting.
+    pub(super) cocoon_lock: Option<PathBuf>,
+}
+
+impl Scanned {
+    /// The path reports show for it: the blob, else the boot dir.
+    pub(super) fn path(&self) -> PathBuf {
+        self.blob
+            .clone()
+            .or_else(|| self.boot.clone())
+            .unwrap_or_default()
+    }
+}
+
+pub(super) fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| io_err("listing", dir)(e).into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err("listing", dir)(e).into()),
+    }
+}
+
+/// The blobs and boot dirs of one backend, plus the names that are not ours to judge.
+///
+/// cocoon keeps a per-blob lock file `blobs/<hex>.lock` beside each blob it handles and never
+/// deletes it (deleting a lock file would split the exclusion of a waiter): such files are
+/// neither reported nor deleted; a blob that has one is only deleted while gc holds it.
+pub(super) fn scan_backend(b: &BackendLayout) -> Result<(Vec<Scanned>, Vec<Skipped>), Error> {
+    let kind = b.kind();
+    let ext = format!(".{}", kind.blob_ext());
+    let (blobs, boots) = rayon::join(|| list_dir(&b.blobs_dir()), || list_dir(&b.boot_root()));
+    let mut by_digest: HashMap<Digest, Scanned> = HashMap::new();
+    let mut cocoon_locks = HashSet::new();
+    let mut unknown = Vec::new();
+    let digest_of = |stem: Option<&str>| {
+        stem.filter(|stem| is_hex64(stem))
+            .and_then(|stem| Digest::parse(stem).ok())
+    };
+    for (entries, is_blob) in [(blobs?, true), (boots?, false)] {
+        for entry in entries {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // blobs/<hex>.<ext>, boot/<hex>
+            let stem = if is_blob {
+                name.strip_suffix(ext.as_str())
+            } else {
+                Some(&*name)
+            };
+            let Some(digest) = digest_of(stem) else {
+                if is_blob {
+                    if let Some(d) = digest_of(name.strip_suffix(".lock")) {
+                        cocoon_locks.insert(d);
+                        continue;
+                    }
+                }
+                unknown.push(Skipped {
+                    path: entry.path(),
+                    reason: SkipReason::UnknownName,
+                });
+                continue;
+            };
+            let found = by_digest.entry(digest).or_insert_with(|| Scanned {
+                kind,
+                digest,
+                blob: None,
+                boot: None,
+                cocoon_lock: None,
+            });
+            if is_blob {
+                found.blob = Some(entry.path());
+            } else {
+                found.boot = Some(entry.path());
+            }
+        }
+    }
+    for d in cocoon_locks {
+        if let Some(f) = by_digest.get_mut(&d) {
+            f.cocoon_lock = Some(b.blobs_dir().join(format!("{}.lock", d.hex())));
+        }
+    }
+    Ok((by_digest.into_values().collect(), unknown))
+}
+
+/// The newest mtime and the total size of a candidate's blob and boot files: one `lstat` for a
+/// blob without boot dir.
+pub(super) fn age_and_size(f: &Scanned) -> (SystemTime, u64) {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let mut bytes = 0;
+    let mut visit = |m: &fs::Metadata| {
+        newest = newest.max(m.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+        if m.is_file() {
+            bytes += m.len();
+        }
+    };
+    if let Some(Ok(m)) = f.blob.as_deref().map(fs::symlink_metadata) {
+        visit(&m);
+    }
+    if let Some(boot) = &f.boot {
+        if let Ok(m) = fs::symlink_metadata(boot) {
+            visit(&m);
+        }
+        for e in fs::read_dir(boot).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata() {
+                visit(&m);
+            }
+        }
+    }
+    (newest, bytes)
+}
