@@ -105,7 +105,8 @@ fn tool_ok(tool: &str, args: &[&str], path: &Path) -> Result<(), String> {
 /// Every invariant a store must satisfy after any crash, as a list of violations (empty: fine).
 ///
 /// - both indexes (and their `.bak`) parse, `list` and `verify` succeed;
-/// - `db/` holds only the index, its backup, its lock and leftovers of interrupted writes;
+/// - `db/` holds only the index, its backup, its lock, the gc lease and leftovers of interrupted
+///   writes;
 /// - every file in `blobs/` is named `<64 hex>.<ext>`, non-empty, read-only, and a complete
 ///   image (`qemu-img check` for qcow2, `fsck.erofs` for EROFS) — referenced or orphan;
 /// - every oci blob of a layer in `boot_layers` has its kernel and initrd (boot files are
@@ -131,7 +132,7 @@ pub fn violations(root: &Path, boot_layers: &HashSet<String>) -> Vec<String> {
         for name in crate::cli_support::names(&b.join("db")) {
             let ok = matches!(
                 name.as_str(),
-                "images.json" | "images.json.bak" | "images.lock" | "images.idx"
+                "images.json" | "images.json.bak" | "images.lock" | "images.idx" | "gc.lock"
             ) || (is_tmp(&name)
                 && (name.starts_with(".images.json.") || name.starts_with(".link.")));
             if !ok {
