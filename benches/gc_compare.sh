@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # gc scan + sweep of N orphan blobs through the release CLI against
-# `find blobs -name '*.qcow2' -delete` on an identical tree (DESIGN.md §12: ≤ 1.5 × find).
+# `find blobs -name '*.qcow2' -delete` on an identical tree (DESIGN.md §12: ≤ 1.3 × find).
 # Trees are built on disk under the target dir (not tmpfs) by hyperfine's --prepare, untimed.
 #
 # usage: benches/gc_compare.sh [N] [RUNS]      (defaults: 100000 blobs, 3 runs each)

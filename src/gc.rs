@@ -153,6 +153,13 @@ pub fn collect(
         (hook.0)();
     }
 
+    // Each backend's blobs/, opened once: one `fstatat` and one `unlinkat` per blob.
+    let blob_dirs = backends
+        .iter()
+        .map(|b| fsutil::Dir::open(&b.blobs_dir()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let blobs_of = |kind: Kind| blob_dirs[kind_index(kind)].as_ref();
+
     // Candidates: unreferenced, old enough (one stat each, in parallel).
     let grace_cut = now
         .checked_sub(opts.grace)
@@ -161,7 +168,7 @@ pub fn collect(
         .into_par_iter()
         .filter(|f| !live.contains(&f.digest.first32()))
         .map(|f| {
-            let (newest, bytes) = scan::age_and_size(&f);
+            let (newest, bytes) = scan::age_and_size(&f, blobs_of(f.kind));
             if newest > grace_cut {
                 return Err(Skipped {
                     path: f.path(),
@@ -199,6 +206,7 @@ pub fn collect(
         opts,
         live,
         busy: Vec::new(),
+        blob_dirs: &blob_dirs,
     };
     let mut swept = Ok(());
     for batch in candidates.chunks(BATCH) {
@@ -326,6 +334,13 @@ struct Sweep<'a> {
     live: Live,
     /// Backends whose lease stayed busy: their candidates are skipped for the rest of the run.
     busy: Vec<Kind>,
+    /// `blobs/` of each backend, in `Kind::ALL` order.
+    blob_dirs: &'a [Option<fsutil::Dir>],
+}
+
+/// Position of `kind` in `Kind::ALL`.
+fn kind_index(kind: Kind) -> usize {
+    Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
 /// What became of one candidate.
@@ -375,7 +390,7 @@ impl Sweep<'_> {
         if let Some(hook) = &self.opts.while_leased {
             (hook.0)();
         }
-        let (live, busy, opts) = (&self.live, &self.busy, self.opts);
+        let (live, busy, opts, dirs) = (&self.live, &self.busy, self.opts, self.blob_dirs);
         let outcomes: Vec<Result<Outcome, Error>> = batch
             .par_iter()
             .map(|(f, bytes)| {
@@ -407,7 +422,7 @@ impl Sweep<'_> {
                     None => None,
                 };
                 if !opts.dry_run {
-                    delete(self.layout, f)?;
+                    delete(self.layout, f, dirs[kind_index(f.kind)].as_ref())?;
                 }
                 Ok(Outcome::Collected(Collected {
                     kind: f.kind,
@@ -431,9 +446,12 @@ impl Sweep<'_> {
 /// dir, which the next run collects and a new ingest of the layer replaces; the other order could
 /// leave a blob without its boot files, which an ingest would reuse as a layer without a kernel
 /// (ingest relies on "a blob that exists has its boot dir").
-fn delete(layout: &Layout, f: &Scanned) -> Result<(), Error> {
+fn delete(layout: &Layout, f: &Scanned, blobs: Option<&fsutil::Dir>) -> Result<(), Error> {
     if let Some(blob) = &f.blob {
-        fsutil::remove_file(blob)?;
+        match (blobs, blob.file_name()) {
+            (Some(dir), Some(name)) => dir.remove_file(name)?,
+            _ => fsutil::remove_file(blob)?,
+        };
     }
     failpoint!("gc.after_delete_blob");
     if let Some(boot) = &f.boot {

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use crate::digest::{is_hex64, Digest};
 use crate::error::io_err;
+use crate::fsutil;
 use crate::layout::{BackendLayout, Kind};
 
 use super::report::{SkipReason, Skipped};
@@ -104,27 +105,44 @@ pub(super) fn scan_backend(b: &BackendLayout) -> Result<(Vec<Scanned>, Vec<Skipp
     Ok((by_digest.into_values().collect(), unknown))
 }
 
-/// The newest mtime and the total size of a candidate's blob and boot files: one `lstat` for a
-/// blob without boot dir.
-pub(super) fn age_and_size(f: &Scanned) -> (SystemTime, u64) {
+/// The newest mtime and the total size of a candidate's blob and boot files: one `fstatat` in
+/// `blobs` (the backend's open `blobs/`) for a blob without boot dir.
+pub(super) fn age_and_size(f: &Scanned, blobs: Option<&fsutil::Dir>) -> (SystemTime, u64) {
     let mut newest = SystemTime::UNIX_EPOCH;
     let mut bytes = 0;
-    let mut visit = |m: &fs::Metadata| {
-        newest = newest.max(m.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-        if m.is_file() {
-            bytes += m.len();
+    let mut visit = |modified: SystemTime, len: u64, is_file: bool| {
+        newest = newest.max(modified);
+        if is_file {
+            bytes += len;
         }
     };
-    if let Some(Ok(m)) = f.blob.as_deref().map(fs::symlink_metadata) {
-        visit(&m);
+    if let Some(blob) = &f.blob {
+        let st = match (blobs, blob.file_name()) {
+            (Some(dir), Some(name)) => dir.stat(name),
+            _ => fs::symlink_metadata(blob).ok().map(|m| fsutil::EntryStat {
+                modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                len: m.len(),
+                is_file: m.is_file(),
+            }),
+        };
+        if let Some(st) = st {
+            visit(st.modified, st.len, st.is_file);
+        }
     }
     if let Some(boot) = &f.boot {
+        let mut visit_meta = |m: &fs::Metadata| {
+            visit(
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.len(),
+                m.is_file(),
+            );
+        };
         if let Ok(m) = fs::symlink_metadata(boot) {
-            visit(&m);
+            visit_meta(&m);
         }
         for e in fs::read_dir(boot).into_iter().flatten().flatten() {
             if let Ok(m) = e.metadata() {
-                visit(&m);
+                visit_meta(&m);
             }
         }
     }
