@@ -32,6 +32,8 @@ const VERSION: u32 = 1;
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+// The field is named after its JSON key (`{"version": 1, "sources": {…}}`).
+#[allow(clippy::struct_field_names)]
 pub struct Sources {
     /// Format version.
     #[serde(default)]
