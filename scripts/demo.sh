@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin imgstore
 cargo build --release --quiet --example boot_qemu
 kit="$(./scripts/vm-kit.sh)"
-bin="$PWD/target/release/imgstore"
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+bin="$target/release/imgstore"
 work="$PWD/target/demo"
 rm -rf "$work"
 mkdir -p "$work/src/boot/boot" "$work/src/layer" "$work/root/firmware"
@@ -52,7 +53,7 @@ t0=$(date +%s%N)
 "$bin" --root "$root" -o json config demo-oci >"$work/config.json"
 t1=$(date +%s%N)
 disks=$(grep -o '"serial"' "$work/config.json" | wc -l)
-cmd=$(target/release/examples/boot_qemu --root "$root" demo-oci \
+cmd=$("$target/release/examples/boot_qemu" --root "$root" demo-oci \
   --append "console=ttyS0 panic=-1 quiet imgstore.disks=$disks")
 echo "$cmd"
 t2=$(date +%s%N)
