@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
+mod dir;
+pub use dir::{Dir, EntryStat};
+
 /// A filesystem operation that failed: every failure here is an I/O error with its action and
 /// path.
 pub use crate::error::IoError as Error;
@@ -160,63 +163,6 @@ pub fn link_replace(target: &Path, link: &Path) -> Result<(), Error> {
     let _ = fs::remove_file(&tmp);
     renamed.map_err(io_err("renaming link over", link))?;
     fsync_dir(dir)
-}
-
-/// An open directory, to stat and remove many of its entries by name without resolving the
-/// directory's path each time (`fstatat` / `unlinkat` on its descriptor).
-#[derive(Debug)]
-pub struct Dir {
-    fd: File,
-    path: PathBuf,
-}
-
-/// What `lstat` says of a directory entry.
-#[derive(Debug, Clone, Copy)]
-pub struct EntryStat {
-    /// Last modification.
-    pub modified: std::time::SystemTime,
-    /// Size in bytes.
-    pub len: u64,
-    /// A regular file.
-    pub is_file: bool,
-}
-
-impl Dir {
-    /// Open `path`; `Ok(None)` if it does not exist.
-    pub fn open(path: &Path) -> Result<Option<Self>, Error> {
-        match File::open(path) {
-            Ok(fd) => Ok(Some(Self {
-                fd,
-                path: path.to_path_buf(),
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("opening directory", path)(e)),
-        }
-    }
-
-    /// `lstat` of the entry `name`; `None` if it is gone or cannot be inspected.
-    #[must_use]
-    pub fn stat(&self, name: &std::ffi::OsStr) -> Option<EntryStat> {
-        use nix::sys::stat::{fstatat, SFlag};
-        let st = fstatat(&self.fd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
-        let secs = u64::try_from(st.st_mtime).unwrap_or(0);
-        let nanos = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
-        Some(EntryStat {
-            modified: std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos),
-            len: u64::try_from(st.st_size).unwrap_or(0),
-            is_file: SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG,
-        })
-    }
-
-    /// Remove the file `name`; `Ok(false)` if it was already gone.
-    pub fn remove_file(&self, name: &std::ffi::OsStr) -> Result<bool, Error> {
-        use nix::unistd::{unlinkat, UnlinkatFlags};
-        match unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
-            Ok(()) => Ok(true),
-            Err(Errno::ENOENT) => Ok(false),
-            Err(errno) => Err(io_err("removing", &self.path.join(name))(errno.into())),
-        }
-    }
 }
 
 /// Remove a file; `Ok(false)` if it was already gone.
