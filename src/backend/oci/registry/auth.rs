@@ -10,6 +10,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::credhelper::{self, IDENTITY_TOKEN_USER};
 use super::transport::{status_error, Repo};
 use super::{Client, Error};
 
@@ -30,6 +31,11 @@ impl Credentials {
             username: username.into(),
             password: password.into(),
         }
+    }
+
+    /// Whether this is an identity (`OAuth2` refresh) token rather than a user and password.
+    pub(crate) fn is_identity_token(&self) -> bool {
+        self.username == IDENTITY_TOKEN_USER
     }
 
     /// The value of an `Authorization: Basic …` header.
@@ -135,6 +141,22 @@ fn auth_params(mut s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// `application/x-www-form-urlencoded` for one value: unreserved bytes kept, the rest `%XX`.
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let hex = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(hex[usize::from(b >> 4)]));
+            out.push(char::from(hex[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding.
@@ -209,6 +231,12 @@ pub(crate) fn default_docker_config() -> Option<PathBuf> {
 struct DockerConfig {
     #[serde(default)]
     auths: std::collections::BTreeMap<String, DockerAuth>,
+    /// Helper names per registry (`docker-credential-<name>`).
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: std::collections::BTreeMap<String, String>,
+    /// The helper for every registry without its own.
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -219,6 +247,9 @@ struct DockerAuth {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    /// An `OAuth2` refresh token (what `docker login` keeps for some registries).
+    #[serde(default)]
+    identitytoken: Option<String>,
 }
 
 /// The keys under `auths` that may hold credentials for `host` (docker writes several spellings).
@@ -248,8 +279,9 @@ fn config_keys(host: &str) -> Vec<String> {
 
 /// Credentials for `host` from a docker `config.json`; a missing file means none.
 ///
-/// Only inline `auths` entries are read; credential helpers (`credsStore`, `credHelpers`) are not
-/// run, because running arbitrary programs from a config file is not this library's call.
+/// As docker does: a `credHelpers` entry for the host runs that helper (its answer is final);
+/// else `credsStore` runs that helper; when it has nothing (or there is no helper), the inline
+/// `auths` entry is used (`auth`, `username`/`password`, or `identitytoken`).
 pub(crate) fn docker_config_credentials(
     path: &Path,
     host: &str,
@@ -269,10 +301,23 @@ pub(crate) fn docker_config_credentials(
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-    for key in config_keys(host) {
+    let keys = config_keys(host);
+    let server = credhelper::server_url(host);
+    if let Some(helper) = keys.iter().find_map(|k| config.cred_helpers.get(k)) {
+        return credhelper::get(helper, &server);
+    }
+    if let Some(store) = config.creds_store.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(found) = credhelper::get(store, &server)? {
+            return Ok(Some(found));
+        }
+    }
+    for key in keys {
         let Some(entry) = config.auths.get(&key) else {
             continue;
         };
+        if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+            return Ok(Some(Credentials::new(IDENTITY_TOKEN_USER, token)));
+        }
         if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
             let bad = |reason: &str| Error::BadDockerConfig {
                 path: path.to_owned(),
@@ -355,6 +400,13 @@ impl Client {
                 ))
             }
             Some(Challenge::Basic) => match &credentials {
+                Some(c) if c.is_identity_token() => {
+                    return Err(unauthorized(
+                        "the registry asks for Basic credentials and only an identity token is \
+                         configured"
+                            .to_owned(),
+                    ))
+                }
                 Some(c) => c.basic_header(),
                 None => {
                     return Err(unauthorized(
@@ -417,20 +469,50 @@ impl Client {
             "token for {} from {realm}",
             repo.image("").trim_end_matches(':')
         );
-        let mut req = self.agent.get(realm).query("scope", scope);
-        if let Some(s) = service {
-            req = req.query("service", s);
-        }
-        if let Some(c) = credentials {
-            req = req.header("Authorization", c.basic_header());
-        }
-        let response = Self::send(realm, &what, req)?;
+        let response = if let Some(token) = credentials.filter(|c| c.is_identity_token()) {
+            // OAuth2 refresh-token grant, as docker does with an identity token.
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token.password.as_str()),
+                ("client_id", "imgstore"),
+                ("scope", scope),
+            ];
+            if let Some(s) = service {
+                form.push(("service", s));
+            }
+            let body = form
+                .iter()
+                .map(|(k, v)| format!("{k}={}", form_encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            self.agent
+                .post(realm)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(body)
+                .map_err(|e| Error::Transport {
+                    host: realm.to_owned(),
+                    what: what.clone(),
+                    source: Box::new(e),
+                })?
+        } else {
+            let mut req = self.agent.get(realm).query("scope", scope);
+            if let Some(s) = service {
+                req = req.query("service", s);
+            }
+            if let Some(c) = credentials {
+                req = req.header("Authorization", c.basic_header());
+            }
+            Self::send(realm, &what, req)?
+        };
         let status = response.status().as_u16();
         if status == 401 || status == 403 {
             return Err(Error::Unauthorized {
                 host: repo.host.to_owned(),
                 repository: repo.repository.to_owned(),
                 detail: match credentials {
+                    Some(c) if c.is_identity_token() => {
+                        format!("token server {realm} rejected the identity token")
+                    }
                     Some(c) => format!(
                         "token server {realm} rejected the credentials of user {:?}",
                         c.username

@@ -63,12 +63,16 @@ impl Client {
         host: &str,
         repository: &str,
         blob: &Descriptor,
-        open_sink: impl FnMut() -> io::Result<W>,
-        progress: impl FnMut(u64),
+        mut open_sink: impl FnMut() -> io::Result<W>,
+        mut progress: impl FnMut(u64),
     ) -> Result<W, Error> {
+        let reference = blob.digest.to_string();
         let repo = self.repo(host, repository)?;
-        let what = repo.what("blob", &blob.digest.to_string());
-        self.fetch_blob_inner(&repo, blob, &what, open_sink, progress)
+        let route = self.blob_route(host, repository, &reference)?;
+        self.on_endpoints(&route, &repo.what("blob", &reference), |repo, _| {
+            let what = repo.what("blob", &reference);
+            self.fetch_blob_inner(repo, blob, &what, &mut open_sink, &mut progress)
+        })
     }
 
 

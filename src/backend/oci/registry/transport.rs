@@ -10,6 +10,7 @@ use std::io::Read;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
+use super::mirrors::Endpoint;
 use super::{Client, Error};
 
 /// One repository on one registry, with the URL base to reach it.
@@ -66,8 +67,21 @@ pub(super) fn backoff(attempt: u32) -> Duration {
 }
 
 impl Client {
-
     pub(super) fn repo<'a>(&self, host: &'a str, repository: &'a str) -> Result<Repo<'a>, Error> {
+        self.repo_with(host, repository, false)
+    }
+
+    /// The repository at one endpoint of a route (its own `insecure` flag included).
+    pub(super) fn repo_at<'a>(&self, endpoint: &'a Endpoint) -> Result<Repo<'a>, Error> {
+        self.repo_with(&endpoint.host, &endpoint.repository, endpoint.insecure)
+    }
+
+    fn repo_with<'a>(
+        &self,
+        host: &'a str,
+        repository: &'a str,
+        insecure: bool,
+    ) -> Result<Repo<'a>, Error> {
         let bad_host = host.is_empty()
             || host
                 .chars()
@@ -99,7 +113,8 @@ impl Client {
             h if h.parse::<Ipv6Addr>().is_ok() => format!("[{h}]"),
             h => h.to_owned(),
         };
-        let plain = is_loopback(&api_host)
+        let plain = insecure
+            || is_loopback(&api_host)
             || self
                 .insecure
                 .iter()
