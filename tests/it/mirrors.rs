@@ -124,7 +124,7 @@ fn mirror_conf(upstream: &TestRegistry, mirror: &str, pull_from: Option<&str>) -
         upstream.host()
     );
     if let Some(p) = pull_from {
-        conf.push_str(&format!("pull-from-mirror = \"{p}\"\n"));
+        conf = format!("{conf}pull-from-mirror = \"{p}\"\n");
     }
     conf
 }

@@ -48,7 +48,7 @@ impl TestRegistry {
         Self::launch(Some((user.to_owned(), password.to_owned())), true)
     }
 
-    /// The identity (OAuth2 refresh) token the token server also accepts for the user, in a
+    /// The identity (`OAuth2` refresh) token the token server also accepts for the user, in a
     /// `POST` with `grant_type=refresh_token` (what docker does with a helper's `<token>`).
     pub fn identity_token(&self) -> Option<String> {
         self.credentials
