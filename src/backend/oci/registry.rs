@@ -8,12 +8,19 @@
 //!
 //! Auth: requests go out anonymously first; a 401 with a `Bearer` challenge fetches a token from
 //! the realm (with basic credentials when known), a `Basic` challenge sends the credentials.
-//! Credentials come from [`ClientOptions::credentials`] or the docker `config.json` (`auths`).
-//! Tokens are cached per registry and repository for the client's lifetime.
+//! Credentials come from [`ClientOptions::credentials`] or the docker `config.json` (`auths`,
+//! and the credential helpers of `credHelpers` / `credsStore`). Tokens are cached per registry
+//! and repository for the client's lifetime.
+//!
+//! Mirrors: a containers-registries.conf ([`ClientOptions::registries_conf`]) may send a pull to
+//! mirrors first and remap or block names; every request then falls through the endpoints until
+//! one answers with content that verifies.
 //!
 //! Files: `transport` (URLs, sending, retries, statuses), `auth` (challenges, credentials,
-//! tokens), `resolve` (tag or digest to a platform manifest and its config), `blob` (streaming
-//! and checking blobs), `manifest` (documents and the rules pull and layout import share).
+//! tokens), `credhelper` (docker credential helpers), `mirrors` (registries.conf rules),
+//! `route` (trying endpoints in turn), `resolve` (tag or digest to a platform manifest and its
+//! config), `blob` (streaming and checking blobs), `manifest` (documents and the rules pull and
+//! layout import share).
 
 #![allow(
     clippy::result_large_err,

@@ -57,7 +57,9 @@ impl Client {
     /// the previous sink is dropped, so a sink should be something that can be thrown away
     /// (a new temp file, a cleared buffer). `progress` receives the bytes received so far in the
     /// current attempt; it goes back to 0 when an attempt restarts. On a digest or size
-    /// mismatch the sink holds unverified bytes and is dropped; nothing is returned.
+    /// mismatch the sink holds unverified bytes and is dropped; nothing is returned. The blob
+    /// comes from the endpoints the last [`Client::resolve`] of this repository used (mirrors,
+    /// then the registry), the next one tried after any failure, mismatches included.
     pub fn fetch_blob<W: Write>(
         &self,
         host: &str,

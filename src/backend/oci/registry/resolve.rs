@@ -88,7 +88,9 @@ impl Client {
     /// port) and hosts listed in [`ClientOptions::insecure`]. `docker.io` means
     /// `registry-1.docker.io`. An index or manifest list is resolved to the platform's entry; a
     /// single manifest whose config names another os/architecture is an error. A reference
-    /// pinned by digest must hash to that digest.
+    /// pinned by digest must hash to that digest. With a registries.conf, the mirrors that serve
+    /// this kind of reference are tried first, then the registry (see `mirrors`); a blocked
+    /// name is [`Error::Blocked`].
     pub fn resolve(
         &self,
         host: &str,
