@@ -381,6 +381,8 @@ pub struct Client {
     /// `Authorization` values that worked, per (API host, repository).
     auth: Mutex<HashMap<(String, String), String>>,
     registries_conf: RegistriesConf,
+    /// What the docker config (and its helpers) gave per registry host, once asked.
+    host_credentials: Mutex<HashMap<String, Option<Credentials>>>,
     /// The rules of `registries_conf`, once read.
     registries: Mutex<Option<Arc<Registries>>>,
     /// The endpoints `resolve` chose for (host, repository), which its blobs follow.
@@ -432,11 +434,12 @@ impl Client {
             agent: ureq::Agent::new_with_config(config),
             insecure,
             credentials,
-            docker_config: docker_config.or_else(auth::default_docker_config),
+            docker_config: docker_config.or_else(credhelper::default_docker_config),
             platform,
             retries,
             auth: Mutex::new(HashMap::new()),
             registries_conf,
+            host_credentials: Mutex::new(HashMap::new()),
             registries: Mutex::new(None),
             routes: Mutex::new(HashMap::new()),
             down: Mutex::new(HashSet::new()),
