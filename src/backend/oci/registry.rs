@@ -227,7 +227,7 @@ pub enum Error {
         reason: String,
     },
     /// A `[[registry]]` table with `blocked = true` covers the image.
-    #[error("pulling {image} is blocked by {} (prefix {prefix})", path.display())]
+    #[error("{image} is blocked by {} (prefix {prefix})", path.display())]
     Blocked {
         /// host/repository:tag or host/repository@digest.
         image: String,
@@ -269,7 +269,7 @@ pub enum Error {
 /// One endpoint's failure inside [`Error::Endpoints`].
 #[derive(Debug)]
 pub struct EndpointFailure {
-    /// `mirror host/repository` or `registry host/repository`.
+    /// `mirror N` (its place in the route, from 1) or `registry`; the error names the host.
     pub endpoint: String,
     /// What it answered.
     pub error: Box<Error>,

@@ -88,8 +88,13 @@ impl Client {
                             self.down.lock().insert(repo.api_host.clone());
                         }
                     }
+                    let role = if endpoint.mirror {
+                        format!("mirror {}", i + 1)
+                    } else {
+                        "registry".to_owned()
+                    };
                     failures.push(EndpointFailure {
-                        endpoint: endpoint.to_string(),
+                        endpoint: role,
                         error: Box::new(e),
                     });
                 }
