@@ -40,11 +40,20 @@ impl Env {
 
     /// Run the binary with `$XDG_CONFIG_HOME`, `$HOME` and `$DOCKER_CONFIG` inside the temp dir.
     fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(bin())
+        self.run_with(args, None)
+    }
+
+    /// [`Env::run`] with `$CONTAINERS_REGISTRIES_CONF` set to `conf`, or unset.
+    fn run_with(&self, args: &[&str], conf: Option<&Path>) -> Run {
+        let mut cmd = Command::new(bin());
+        match conf {
+            Some(c) => cmd.env("CONTAINERS_REGISTRIES_CONF", c),
+            None => cmd.env_remove("CONTAINERS_REGISTRIES_CONF"),
+        };
+        let out = cmd
             .arg("--root")
             .arg(&self.root)
             .args(args)
-            .env_remove("CONTAINERS_REGISTRIES_CONF")
             .env("XDG_CONFIG_HOME", self.path("xdg"))
             .env("HOME", self.path("home"))
             .env("DOCKER_CONFIG", self.path("docker"))
@@ -342,8 +351,8 @@ fn a_blocked_registry_is_refused_before_anything_is_fetched() {
         .ok();
 }
 
-/// Without `--registries-conf` the file under `$XDG_CONFIG_HOME` applies; the flag wins over
-/// it; a broken file is an error naming it.
+/// Without `--registries-conf` the file under `$XDG_CONFIG_HOME` applies, after
+/// `$CONTAINERS_REGISTRIES_CONF`; the flag wins over both; a broken file is an error naming it.
 #[test]
 fn the_config_file_is_found_as_podman_finds_it() {
     let env = Env::new();
@@ -368,7 +377,24 @@ fn the_config_file_is_found_as_podman_finds_it() {
         out.stderr
     );
 
+    // $CONTAINERS_REGISTRIES_CONF comes first (here: no rules, so the pull works).
     let empty = env.conf("empty.conf", "# no rules\n");
+    let env3 = Env::new();
+    env3.run_with(&["pull", &r], Some(&empty)).ok();
+    // The flag wins over everything.
+    let out = env3
+        .run_with(
+            &[
+                "--registries-conf",
+                user_conf.to_str().unwrap(),
+                "pull",
+                "--force",
+                &r,
+            ],
+            Some(&empty),
+        )
+        .fails();
+    assert!(out.stderr.contains("blocked"), "{}", out.stderr);
     env.pull(&empty, &r).ok();
 
     let broken = env.conf("broken.conf", "[[registry]]\nprefix = 3\n");

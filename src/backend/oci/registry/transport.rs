@@ -256,6 +256,16 @@ mod tests {
         assert_eq!(base("other:5000"), "http://other:5000");
         assert_eq!(base("other:5001"), "https://other:5001");
         assert_eq!(base("docker.io"), "https://registry-1.docker.io");
+        // An endpoint from registries.conf with `insecure = true` is reached over http.
+        let endpoint = |insecure| Endpoint {
+            host: "mirror.lan:5000".into(),
+            repository: "a/b".into(),
+            reference: "v1".into(),
+            insecure,
+            mirror: true,
+        };
+        assert_eq!(client.repo_at(&endpoint(true)).unwrap().base, "http://mirror.lan:5000");
+        assert_eq!(client.repo_at(&endpoint(false)).unwrap().base, "https://mirror.lan:5000");
         assert!(client.repo("a/b", "x").is_err());
         assert!(client.repo("h", "Upper").is_err());
         assert!(client.repo("h", "a//b").is_err());
