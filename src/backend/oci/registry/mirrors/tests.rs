@@ -218,3 +218,12 @@ fn an_empty_or_comment_only_file_has_no_rules() {
     let r = parse("# nothing\nunqualified-search-registries = []\n[aliases]\n\"x\" = \"docker.io/library/x\"\n");
     assert_eq!(tried(&r, "docker.io", "library/x", "v1"), ["docker.io/library/x:v1"]);
 }
+
+#[test]
+fn unknown_keys_are_ignored() {
+    let r = parse(
+        "future-global = true\n[[registry]]\nlocation = \"a.lan\"\nfuture-key = 1\n\
+         [[registry.mirror]]\nlocation = \"m.lan\"\nother = \"x\"\n",
+    );
+    assert_eq!(tried(&r, "a.lan", "x", "v1"), ["m.lan/x:v1", "a.lan/x:v1"]);
+}
