@@ -414,3 +414,57 @@ fn the_config_file_is_found_as_podman_finds_it() {
     );
     env2.assert_nothing_stored();
 }
+
+/// The library client: a mirror whose manifest was damaged in storage (same length, valid JSON)
+/// is a digest mismatch by tag and by digest, and the registry answers instead; with the
+/// registry down the error carries each endpoint's failure, the mirror's a `DigestMismatch`.
+#[test]
+fn a_mirror_serving_a_corrupt_manifest_is_passed_over() {
+    use imgstore::backend::oci::registry::{Client, ClientOptions, Error, RegistriesConf};
+
+    let env = Env::new();
+    let mut upstream = TestRegistry::start();
+    let mirror = TestRegistry::start();
+    let built = push(&upstream, &env.path("a"), "app", "v1", &image("one"));
+    push(&mirror, &env.path("b"), "app", "v1", &image("one"));
+    let data = mirror.blob_data_path(&built.manifest_digest);
+    let text = fs::read_to_string(&data).unwrap();
+    let damaged = text.replacen("config.v1+json", "config.v1+jsoN", 1);
+    assert_ne!(damaged, text);
+    fs::write(&data, &damaged).unwrap();
+    let conf = env.conf("r.conf", &mirror_conf(&upstream, &mirror.host(), None));
+    let client = Client::new(ClientOptions {
+        docker_config: Some(env.path("no-docker-config.json")),
+        registries_conf: RegistriesConf::File(conf),
+        retries: 0,
+        ..ClientOptions::default()
+    });
+    let pinned = built.manifest_digest.to_string();
+    for reference in ["v1", pinned.as_str()] {
+        let resolved = client.resolve(&upstream.host(), "app", reference).unwrap();
+        assert_eq!(
+            resolved.manifest_digest, built.manifest_digest,
+            "{reference}"
+        );
+        assert_eq!(resolved.raw, built.manifest, "{reference}");
+    }
+
+    upstream.stop();
+    let err = client
+        .resolve(&upstream.host(), "app", &pinned)
+        .unwrap_err();
+    let Error::Endpoints { failures, .. } = &err else {
+        panic!("expected Endpoints, got {err:?}");
+    };
+    assert_eq!(failures.len(), 2, "{err}");
+    assert_eq!(failures[0].endpoint, "mirror 1");
+    assert!(
+        matches!(*failures[0].error, Error::DigestMismatch { expected, .. } if expected == built.manifest_digest),
+        "{err}"
+    );
+    assert_eq!(failures[1].endpoint, "registry");
+    assert!(
+        matches!(*failures[1].error, Error::Transport { .. }),
+        "{err}"
+    );
+}
