@@ -255,7 +255,8 @@ impl Registries {
             }
         }
         for (i, r) in raw.registry.into_iter().enumerate() {
-            let rule = Self::rule(r).map_err(|reason| bad(format!("[[registry]] #{}: {reason}", i + 1)))?;
+            let rule =
+                Self::rule(r).map_err(|reason| bad(format!("[[registry]] #{}: {reason}", i + 1)))?;
             if let Some(other) = rules.iter().find(|o| o.prefix == rule.prefix) {
                 return Err(bad(format!(
                     "prefix {} is defined more than once",

@@ -83,7 +83,7 @@ impl Client {
                 Ok(found) => return Ok(found),
                 Err(e) => {
                     if i < last {
-                        tracing::warn!(%endpoint, error = %e, "mirror failed, trying the next endpoint");
+                        tracing::warn!(%endpoint, error = %e, "mirror failed, trying the next one");
                         if matches!(e, Error::Transport { .. }) {
                             self.down.lock().insert(repo.api_host.clone());
                         }

@@ -190,11 +190,13 @@ fn bad_files_are_errors_naming_the_cause() {
             "more than once",
         ),
         (
-            "[[registry]]\nlocation = \"a\"\n[[registry.mirror]]\nlocation = \"m\"\npull-from-mirror = \"some\"\n",
+            "[[registry]]\nlocation = \"a\"\n[[registry.mirror]]\nlocation = \"m\"\n\
+             pull-from-mirror = \"some\"\n",
             "not all, digest-only or tag-only",
         ),
         (
-            "[[registry]]\nlocation = \"a\"\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"m\"\npull-from-mirror = \"tag-only\"\n",
+            "[[registry]]\nlocation = \"a\"\nmirror-by-digest-only = true\n\
+             [[registry.mirror]]\nlocation = \"m\"\npull-from-mirror = \"tag-only\"\n",
             "mirror-by-digest-only",
         ),
         ("[[registry]]\nlocation = \"https://a\"\n", "URL scheme"),
@@ -215,7 +217,10 @@ fn bad_files_are_errors_naming_the_cause() {
 
 #[test]
 fn an_empty_or_comment_only_file_has_no_rules() {
-    let r = parse("# nothing\nunqualified-search-registries = []\n[aliases]\n\"x\" = \"docker.io/library/x\"\n");
+    let r = parse(
+        "# nothing\nunqualified-search-registries = []\n[aliases]\n\
+         \"x\" = \"docker.io/library/x\"\n",
+    );
     assert_eq!(tried(&r, "docker.io", "library/x", "v1"), ["docker.io/library/x:v1"]);
 }
 
