@@ -35,8 +35,11 @@
 //! - With erofs-utils older than 1.8, layers are unpacked into a temp directory before
 //!   `mkfs.erofs` runs, which needs as much free space as the unpacked layer and root privileges
 //!   to keep owners and overlay whiteouts.
-//! - Registry credential helpers (`credsStore`, `credHelpers`) are not run; only `auths` entries of
-//!   the docker config file are read.
+//! - OCI pulls read the docker config (`auths`, and the credential helpers of `credsStore` /
+//!   `credHelpers`, which are run as docker runs them) and, by default, containers-registries.conf
+//!   for mirrors, remapping and blocked registries, as podman finds it
+//!   ([`store::RegistriesConf`]; `RegistriesConf::None` in [`store::RegistryOptions`] turns it
+//!   off). Its drop-in directories are not read.
 //!
 //! # Cargo features
 //! - `cli` (default): the `imgstore` binary, with clap, indicatif and signal-hook. Embedders use

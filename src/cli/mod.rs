@@ -29,6 +29,11 @@ struct Cli {
     /// Give up waiting for a lock after this long (e.g. 30s, 5m, 1.5h).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
     lock_timeout: Duration,
+    /// Mirror, blocked and insecure registry rules (containers-registries.conf v2) [default:
+    /// `$CONTAINERS_REGISTRIES_CONF`, `$XDG_CONFIG_HOME/containers/registries.conf`,
+    /// `/etc/containers/registries.conf`, the first that exists].
+    #[arg(long, global = true, value_name = "FILE")]
+    registries_conf: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -205,6 +210,9 @@ fn open_with(
         ..StoreOptions::default()
     };
     opts.registry.insecure = insecure.to_vec();
+    if let Some(conf) = &cli.registries_conf {
+        opts.registry.registries_conf = imgstore::store::RegistriesConf::File(conf.clone());
+    }
     if let Some(max) = max_size {
         opts.cloud_limits.max_download = max;
     }

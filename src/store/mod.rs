@@ -45,7 +45,9 @@ pub use verify::{Status, VerifyEntry, VerifyOptions};
 /// record, for a signal handler about to exit: the next pull continues where this one stopped.
 pub use crate::backend::cloudimg::download::checkpoint_all as save_partial_downloads;
 pub use crate::backend::cloudimg::Limits as CloudLimits;
-pub use crate::backend::oci::registry::{ClientOptions as RegistryOptions, Credentials, Platform};
+pub use crate::backend::oci::registry::{
+    ClientOptions as RegistryOptions, Credentials, Platform, RegistriesConf,
+};
 /// Remove every temp file and directory this process still holds, for a signal handler about to
 /// exit without running destructors (what the CLI does on Ctrl-C). A temp entry another thread
 /// creates after this call is removed as soon as it is created.

@@ -48,6 +48,15 @@ impl TestRegistry {
         Self::launch(Some((user.to_owned(), password.to_owned())), true)
     }
 
+    /// The identity (`OAuth2` refresh) token the token server also accepts for the user, in a
+    /// `POST` with `grant_type=refresh_token` (what docker does with a helper's `<token>`).
+    pub fn identity_token(&self) -> Option<String> {
+        self.credentials
+            .as_ref()
+            .filter(|_| self.token_server.is_some())
+            .map(|(user, _)| identity_token_for(user))
+    }
+
     /// How many tokens the token server has issued (0 without token auth).
     pub fn tokens_issued(&self) -> usize {
         self.token_server
@@ -301,6 +310,10 @@ fn free_port() -> u16 {
 }
 
 const TOKEN_SERVICE: &str = "imgstore-test-registry";
+
+fn identity_token_for(user: &str) -> String {
+    format!("imgstore-identity-token-of-{user}")
+}
 const TOKEN_ISSUER: &str = "imgstore-test-issuer";
 
 /// The token server behind [`TestRegistry::start_with_token_auth`]: one thread, one request per
@@ -407,6 +420,10 @@ impl TokenState {
             }
         }
         let head = String::from_utf8_lossy(&head).into_owned();
+        if head.starts_with("POST ") {
+            self.serve_refresh(conn, &head);
+            return;
+        }
         let target = head.split_whitespace().nth(1).unwrap_or("");
         let authorization = head.lines().find_map(|l| {
             let (name, value) = l.split_once(':')?;
@@ -428,6 +445,50 @@ impl TokenState {
                     ),
                 )
             }
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = conn.write_all(response.as_bytes());
+    }
+
+    /// An `OAuth2` refresh-token grant: the form must carry the user's identity token.
+    fn serve_refresh(&self, mut conn: TcpStream, head: &str) {
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; length.min(1 << 16)];
+        if conn.read_exact(&mut body).is_err() {
+            return;
+        }
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let field = |name: &str| {
+            body.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == name).then(|| percent_decode(v))
+            })
+        };
+        let ok = field("grant_type").as_deref() == Some("refresh_token")
+            && field("refresh_token") == Some(identity_token_for(&self.user));
+        let (status, body) = if ok {
+            (
+                "200 OK",
+                format!(
+                    r#"{{"access_token":"{}","expires_in":600}}"#,
+                    self.token(&format!("/token?{body}"), true)
+                ),
+            )
+        } else {
+            (
+                "401 Unauthorized",
+                r#"{"details":"bad refresh token"}"#.to_owned(),
+            )
         };
         let response = format!(
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -8,12 +8,19 @@
 //!
 //! Auth: requests go out anonymously first; a 401 with a `Bearer` challenge fetches a token from
 //! the realm (with basic credentials when known), a `Basic` challenge sends the credentials.
-//! Credentials come from [`ClientOptions::credentials`] or the docker `config.json` (`auths`).
-//! Tokens are cached per registry and repository for the client's lifetime.
+//! Credentials come from [`ClientOptions::credentials`] or the docker `config.json` (`auths`,
+//! and the credential helpers of `credHelpers` / `credsStore`). Tokens are cached per registry
+//! and repository for the client's lifetime.
+//!
+//! Mirrors: a containers-registries.conf ([`ClientOptions::registries_conf`]) may send a pull to
+//! mirrors first and remap or block names; every request then falls through the endpoints until
+//! one answers with content that verifies.
 //!
 //! Files: `transport` (URLs, sending, retries, statuses), `auth` (challenges, credentials,
-//! tokens), `resolve` (tag or digest to a platform manifest and its config), `blob` (streaming
-//! and checking blobs), `manifest` (documents and the rules pull and layout import share).
+//! tokens), `credhelper` (docker credential helpers), `mirrors` (registries.conf rules),
+//! `route` (trying endpoints in turn), `resolve` (tag or digest to a platform manifest and its
+//! config), `blob` (streaming and checking blobs), `manifest` (documents and the rules pull and
+//! layout import share).
 
 #![allow(
     clippy::result_large_err,
@@ -23,13 +30,17 @@
 
 mod auth;
 mod blob;
+mod credhelper;
 pub(crate) mod manifest;
+mod mirrors;
 mod resolve;
+mod route;
 mod transport;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -38,6 +49,7 @@ use crate::digest::{Algorithm, Digest};
 
 pub use auth::Credentials;
 pub use manifest::{Descriptor, Manifest, Platform};
+pub use mirrors::{Registries, RegistriesConf};
 #[cfg(feature = "unstable")]
 pub use manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
@@ -198,6 +210,75 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The containers-registries.conf file could not be read.
+    #[error("reading registries config {}: {source}", path.display())]
+    RegistriesConf {
+        /// The config file.
+        path: PathBuf,
+        /// The read error.
+        source: io::Error,
+    },
+    /// The containers-registries.conf file is not valid.
+    #[error("registries config {}: {reason}", path.display())]
+    BadRegistriesConf {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `[[registry]]` table with `blocked = true` covers the image.
+    #[error("{image} is blocked by {} (prefix {prefix})", path.display())]
+    Blocked {
+        /// host/repository:tag or host/repository@digest.
+        image: String,
+        /// The prefix of the blocking table.
+        prefix: String,
+        /// The config file.
+        path: PathBuf,
+    },
+    /// Every endpoint (mirrors, then the registry) failed; each failure in the order tried.
+    #[error("{what}: every endpoint failed: {}", failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Endpoints {
+        /// What was being fetched.
+        what: String,
+        /// What each endpoint answered.
+        failures: Vec<EndpointFailure>,
+    },
+    /// A docker credential helper could not be run.
+    #[error("credential helper {program} (for {server}) could not be run: {source}")]
+    CredentialHelperSpawn {
+        /// `docker-credential-<name>`.
+        program: String,
+        /// The server URL asked about.
+        server: String,
+        /// Why (not found on PATH, not executable, …).
+        source: io::Error,
+    },
+    /// A docker credential helper failed or answered something that is not credentials.
+    #[error("credential helper {program} (for {server}) failed: {reason}")]
+    CredentialHelper {
+        /// `docker-credential-<name>`.
+        program: String,
+        /// The server URL asked about.
+        server: String,
+        /// Its exit status and message, or what is wrong with its answer.
+        reason: String,
+    },
+}
+
+/// One endpoint's failure inside [`Error::Endpoints`].
+#[derive(Debug)]
+pub struct EndpointFailure {
+    /// `mirror N` (its place in the route, from 1) or `registry`; the error names the host.
+    pub endpoint: String,
+    /// What it answered.
+    pub error: Box<Error>,
+}
+
+impl std::fmt::Display for EndpointFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.endpoint, self.error)
+    }
 }
 
 impl Error {
@@ -228,8 +309,11 @@ pub struct ClientOptions {
     /// Credentials for every registry this client talks to; overrides the docker config.
     pub credentials: Option<Credentials>,
     /// The docker config file; `None` means `$DOCKER_CONFIG/config.json` or
-    /// `~/.docker/config.json`.
+    /// `~/.docker/config.json`. Its `auths`, `credHelpers` and `credsStore` are used.
     pub docker_config: Option<PathBuf>,
+    /// Mirrors, remapping, blocked and insecure registries (containers-registries.conf v2);
+    /// read at the client's first request.
+    pub registries_conf: RegistriesConf,
     /// The platform manifest lists are resolved to.
     pub platform: Platform,
     /// How many times a transient failure is retried (so `retries + 1` attempts in all).
@@ -246,6 +330,7 @@ impl Default for ClientOptions {
             insecure: Vec::new(),
             credentials: None,
             docker_config: None,
+            registries_conf: RegistriesConf::default(),
             platform: Platform::host(),
             retries: 3,
             connect_timeout: Duration::from_secs(30),
@@ -253,6 +338,9 @@ impl Default for ClientOptions {
         }
     }
 }
+
+/// The endpoints of one pull, in the order they are tried.
+type Route = Arc<Vec<mirrors::Endpoint>>;
 
 /// An image manifest chosen for the client's platform, with its verified config.
 #[derive(Clone)]
@@ -292,6 +380,15 @@ pub struct Client {
     retries: u32,
     /// `Authorization` values that worked, per (API host, repository).
     auth: Mutex<HashMap<(String, String), String>>,
+    registries_conf: RegistriesConf,
+    /// What the docker config (and its helpers) gave per registry host, once asked.
+    host_credentials: Mutex<HashMap<String, Option<Credentials>>>,
+    /// The rules of `registries_conf`, once read.
+    registries: Mutex<Option<Arc<Registries>>>,
+    /// The endpoints `resolve` chose for (host, repository), which its blobs follow.
+    routes: Mutex<HashMap<(String, String), Route>>,
+    /// Mirrors (API hosts) that could not be reached: not tried again by this client.
+    down: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -300,6 +397,7 @@ impl std::fmt::Debug for Client {
             .field("insecure", &self.insecure)
             .field("credentials", &self.credentials)
             .field("docker_config", &self.docker_config)
+            .field("registries_conf", &self.registries_conf)
             .field("platform", &self.platform)
             .field("retries", &self.retries)
             .finish_non_exhaustive()
@@ -314,6 +412,7 @@ impl Client {
             insecure,
             credentials,
             docker_config,
+            registries_conf,
             platform,
             retries,
             connect_timeout,
@@ -335,10 +434,15 @@ impl Client {
             agent: ureq::Agent::new_with_config(config),
             insecure,
             credentials,
-            docker_config: docker_config.or_else(auth::default_docker_config),
+            docker_config: docker_config.or_else(credhelper::default_docker_config),
             platform,
             retries,
             auth: Mutex::new(HashMap::new()),
+            registries_conf,
+            host_credentials: Mutex::new(HashMap::new()),
+            registries: Mutex::new(None),
+            routes: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashSet::new()),
         }
     }
 

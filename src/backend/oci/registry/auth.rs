@@ -8,8 +8,8 @@
 )]
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 
+use super::credhelper::{docker_config_credentials, IDENTITY_TOKEN_USER};
 use super::transport::{status_error, Repo};
 use super::{Client, Error};
 
@@ -30,6 +30,11 @@ impl Credentials {
             username: username.into(),
             password: password.into(),
         }
+    }
+
+    /// Whether this is an identity (`OAuth2` refresh) token rather than a user and password.
+    pub(crate) fn is_identity_token(&self) -> bool {
+        self.username == IDENTITY_TOKEN_USER
     }
 
     /// The value of an `Authorization: Basic …` header.
@@ -135,6 +140,22 @@ fn auth_params(mut s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// `application/x-www-form-urlencoded` for one value: unreserved bytes kept, the rest `%XX`.
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let hex = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(hex[usize::from(b >> 4)]));
+            out.push(char::from(hex[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding.
@@ -195,103 +216,6 @@ pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     (bits < 6).then_some(out)
 }
 
-/// Where the docker config is looked for when the options name none.
-pub(crate) fn default_docker_config() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("config.json"));
-    }
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|home| PathBuf::from(home).join(".docker").join("config.json"))
-}
-
-#[derive(serde::Deserialize)]
-struct DockerConfig {
-    #[serde(default)]
-    auths: std::collections::BTreeMap<String, DockerAuth>,
-}
-
-#[derive(serde::Deserialize)]
-struct DockerAuth {
-    #[serde(default)]
-    auth: Option<String>,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-}
-
-/// The keys under `auths` that may hold credentials for `host` (docker writes several spellings).
-fn config_keys(host: &str) -> Vec<String> {
-    let mut keys = vec![
-        host.to_owned(),
-        format!("https://{host}"),
-        format!("http://{host}"),
-        format!("https://{host}/v1/"),
-        format!("https://{host}/v2/"),
-    ];
-    if matches!(
-        host,
-        "docker.io" | "index.docker.io" | "registry-1.docker.io"
-    ) {
-        for alias in [
-            "https://index.docker.io/v1/",
-            "index.docker.io",
-            "docker.io",
-            "registry-1.docker.io",
-        ] {
-            keys.push(alias.to_owned());
-        }
-    }
-    keys
-}
-
-/// Credentials for `host` from a docker `config.json`; a missing file means none.
-///
-/// Only inline `auths` entries are read; credential helpers (`credsStore`, `credHelpers`) are not
-/// run, because running arbitrary programs from a config file is not this library's call.
-pub(crate) fn docker_config_credentials(
-    path: &Path,
-    host: &str,
-) -> Result<Option<Credentials>, Error> {
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Error::DockerConfig {
-                path: path.to_owned(),
-                source,
-            })
-        }
-    };
-    let config: DockerConfig =
-        serde_json::from_slice(&text).map_err(|e| Error::BadDockerConfig {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    for key in config_keys(host) {
-        let Some(entry) = config.auths.get(&key) else {
-            continue;
-        };
-        if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
-            let bad = |reason: &str| Error::BadDockerConfig {
-                path: path.to_owned(),
-                reason: format!("auths.{key:?}.auth {reason}"),
-            };
-            let raw = base64_decode(auth).ok_or_else(|| bad("is not valid base64"))?;
-            let text = String::from_utf8(raw).map_err(|_| bad("is not UTF-8"))?;
-            let (user, pass) = text
-                .split_once(':')
-                .ok_or_else(|| bad("is not of the form user:password"))?;
-            return Ok(Some(Credentials::new(user, pass)));
-        }
-        if let (Some(user), Some(pass)) = (&entry.username, &entry.password) {
-            return Ok(Some(Credentials::new(user.clone(), pass.clone())));
-        }
-    }
-    Ok(None)
-}
-
 /// A token server's answer (Docker uses `token`, `OAuth2` servers `access_token`).
 #[derive(serde::Deserialize)]
 pub(super) struct TokenResponse {
@@ -308,7 +232,15 @@ impl Client {
         let Some(path) = &self.docker_config else {
             return Ok(None);
         };
-        docker_config_credentials(path, repo.host)
+        // A credential helper may prompt or be slow: ask it once per host and client.
+        if let Some(known) = self.host_credentials.lock().get(repo.host) {
+            return Ok(known.clone());
+        }
+        let found = docker_config_credentials(path, repo.host)?;
+        self.host_credentials
+            .lock()
+            .insert(repo.host.to_owned(), found.clone());
+        Ok(found)
     }
 
 
@@ -355,6 +287,13 @@ impl Client {
                 ))
             }
             Some(Challenge::Basic) => match &credentials {
+                Some(c) if c.is_identity_token() => {
+                    return Err(unauthorized(
+                        "the registry asks for Basic credentials and only an identity token is \
+                         configured"
+                            .to_owned(),
+                    ))
+                }
                 Some(c) => c.basic_header(),
                 None => {
                     return Err(unauthorized(
@@ -417,20 +356,50 @@ impl Client {
             "token for {} from {realm}",
             repo.image("").trim_end_matches(':')
         );
-        let mut req = self.agent.get(realm).query("scope", scope);
-        if let Some(s) = service {
-            req = req.query("service", s);
-        }
-        if let Some(c) = credentials {
-            req = req.header("Authorization", c.basic_header());
-        }
-        let response = Self::send(realm, &what, req)?;
+        let response = if let Some(token) = credentials.filter(|c| c.is_identity_token()) {
+            // OAuth2 refresh-token grant, as docker does with an identity token.
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token.password.as_str()),
+                ("client_id", "imgstore"),
+                ("scope", scope),
+            ];
+            if let Some(s) = service {
+                form.push(("service", s));
+            }
+            let body = form
+                .iter()
+                .map(|(k, v)| format!("{k}={}", form_encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            self.agent
+                .post(realm)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(body)
+                .map_err(|e| Error::Transport {
+                    host: realm.to_owned(),
+                    what: what.clone(),
+                    source: Box::new(e),
+                })?
+        } else {
+            let mut req = self.agent.get(realm).query("scope", scope);
+            if let Some(s) = service {
+                req = req.query("service", s);
+            }
+            if let Some(c) = credentials {
+                req = req.header("Authorization", c.basic_header());
+            }
+            Self::send(realm, &what, req)?
+        };
         let status = response.status().as_u16();
         if status == 401 || status == 403 {
             return Err(Error::Unauthorized {
                 host: repo.host.to_owned(),
                 repository: repo.repository.to_owned(),
                 detail: match credentials {
+                    Some(c) if c.is_identity_token() => {
+                        format!("token server {realm} rejected the identity token")
+                    }
                     Some(c) => format!(
                         "token server {realm} rejected the credentials of user {:?}",
                         c.username
@@ -506,30 +475,4 @@ mod tests {
         assert_eq!(parse_challenge("Negotiate"), None);
     }
 
-    #[test]
-    fn docker_config_lookup() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.json");
-        assert_eq!(docker_config_credentials(&path, "x").unwrap(), None);
-        std::fs::write(
-            &path,
-            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dXNlcjpwYXNz"},
-                "127.0.0.1:5000":{"auth":"YTpiOmM="}}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            docker_config_credentials(&path, "docker.io").unwrap(),
-            Some(Credentials::new("user", "pass"))
-        );
-        assert_eq!(
-            docker_config_credentials(&path, "127.0.0.1:5000").unwrap(),
-            Some(Credentials::new("a", "b:c"))
-        );
-        assert_eq!(docker_config_credentials(&path, "quay.io").unwrap(), None);
-        std::fs::write(&path, r#"{"auths":{"q":{"auth":"!!"}}}"#).unwrap();
-        assert!(matches!(
-            docker_config_credentials(&path, "q"),
-            Err(Error::BadDockerConfig { .. })
-        ));
-    }
 }

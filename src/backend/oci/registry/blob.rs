@@ -57,18 +57,24 @@ impl Client {
     /// the previous sink is dropped, so a sink should be something that can be thrown away
     /// (a new temp file, a cleared buffer). `progress` receives the bytes received so far in the
     /// current attempt; it goes back to 0 when an attempt restarts. On a digest or size
-    /// mismatch the sink holds unverified bytes and is dropped; nothing is returned.
+    /// mismatch the sink holds unverified bytes and is dropped; nothing is returned. The blob
+    /// comes from the endpoints the last [`Client::resolve`] of this repository used (mirrors,
+    /// then the registry), the next one tried after any failure, mismatches included.
     pub fn fetch_blob<W: Write>(
         &self,
         host: &str,
         repository: &str,
         blob: &Descriptor,
-        open_sink: impl FnMut() -> io::Result<W>,
-        progress: impl FnMut(u64),
+        mut open_sink: impl FnMut() -> io::Result<W>,
+        mut progress: impl FnMut(u64),
     ) -> Result<W, Error> {
+        let reference = blob.digest.to_string();
         let repo = self.repo(host, repository)?;
-        let what = repo.what("blob", &blob.digest.to_string());
-        self.fetch_blob_inner(&repo, blob, &what, open_sink, progress)
+        let route = self.blob_route(host, repository, &reference)?;
+        self.on_endpoints(&route, &repo.what("blob", &reference), |repo, _| {
+            let what = repo.what("blob", &reference);
+            self.fetch_blob_inner(repo, blob, &what, &mut open_sink, &mut progress)
+        })
     }
 
 

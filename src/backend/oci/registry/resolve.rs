@@ -88,22 +88,37 @@ impl Client {
     /// port) and hosts listed in [`ClientOptions::insecure`]. `docker.io` means
     /// `registry-1.docker.io`. An index or manifest list is resolved to the platform's entry; a
     /// single manifest whose config names another os/architecture is an error. A reference
-    /// pinned by digest must hash to that digest.
+    /// pinned by digest must hash to that digest. With a registries.conf, the mirrors that serve
+    /// this kind of reference are tried first, then the registry (see `mirrors`); a blocked
+    /// name is [`Error::Blocked`].
     pub fn resolve(
         &self,
         host: &str,
         repository: &str,
         reference: &str,
     ) -> Result<Resolved, Error> {
-        let pinned = check_tag_or_digest(reference)?;
+        check_tag_or_digest(reference)?;
         let repo = self.repo(host, repository)?;
+        let route = self.endpoints(host, repository, reference)?;
+        let resolved = self.on_endpoints(
+            &route,
+            &repo.what("manifest", reference),
+            |repo, endpoint| self.resolve_at(repo, &endpoint.reference),
+        )?;
+        self.remember_route(host, repository, route);
+        Ok(resolved)
+    }
+
+    /// [`Client::resolve`] at one endpoint.
+    fn resolve_at(&self, repo: &Repo<'_>, reference: &str) -> Result<Resolved, Error> {
+        let pinned = check_tag_or_digest(reference)?;
         let image = repo.image(reference);
 
         let FetchedManifest {
             body: mut raw,
             content_type,
             announced,
-        } = self.get_manifest(&repo, reference)?;
+        } = self.get_manifest(repo, reference)?;
         // By tag, the registry's Docker-Content-Digest is what the tag points at: bytes that
         // do not hash to it were damaged in storage or on the way.
         let expected = pinned.or(announced);
@@ -130,7 +145,7 @@ impl Client {
             let what = repo.what("manifest", &child);
             let FetchedManifest {
                 body, content_type, ..
-            } = self.get_manifest(&repo, &child)?;
+            } = self.get_manifest(repo, &child)?;
             let actual = digest_bytes(entry.digest.algorithm(), &body, &what)?;
             let got = (actual, body.len() as u64);
             manifest::check_content(&what, (entry.digest, entry.size), got)?;
@@ -140,7 +155,7 @@ impl Client {
             Ok((body, content_type, what))
         })?;
 
-        let config = self.fetch_config(&repo, &image, &manifest)?;
+        let config = self.fetch_config(repo, &image, &manifest)?;
         Ok(Resolved {
             manifest_digest: digest,
             manifest,

@@ -10,6 +10,7 @@ use std::io::Read;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
+use super::mirrors::Endpoint;
 use super::{Client, Error};
 
 /// One repository on one registry, with the URL base to reach it.
@@ -66,8 +67,21 @@ pub(super) fn backoff(attempt: u32) -> Duration {
 }
 
 impl Client {
-
     pub(super) fn repo<'a>(&self, host: &'a str, repository: &'a str) -> Result<Repo<'a>, Error> {
+        self.repo_with(host, repository, false)
+    }
+
+    /// The repository at one endpoint of a route (its own `insecure` flag included).
+    pub(super) fn repo_at<'a>(&self, endpoint: &'a Endpoint) -> Result<Repo<'a>, Error> {
+        self.repo_with(&endpoint.host, &endpoint.repository, endpoint.insecure)
+    }
+
+    fn repo_with<'a>(
+        &self,
+        host: &'a str,
+        repository: &'a str,
+        insecure: bool,
+    ) -> Result<Repo<'a>, Error> {
         let bad_host = host.is_empty()
             || host
                 .chars()
@@ -99,7 +113,8 @@ impl Client {
             h if h.parse::<Ipv6Addr>().is_ok() => format!("[{h}]"),
             h => h.to_owned(),
         };
-        let plain = is_loopback(&api_host)
+        let plain = insecure
+            || is_loopback(&api_host)
             || self
                 .insecure
                 .iter()
@@ -241,6 +256,16 @@ mod tests {
         assert_eq!(base("other:5000"), "http://other:5000");
         assert_eq!(base("other:5001"), "https://other:5001");
         assert_eq!(base("docker.io"), "https://registry-1.docker.io");
+        // An endpoint from registries.conf with `insecure = true` is reached over http.
+        let endpoint = |insecure| Endpoint {
+            host: "mirror.lan:5000".into(),
+            repository: "a/b".into(),
+            reference: "v1".into(),
+            insecure,
+            mirror: true,
+        };
+        assert_eq!(client.repo_at(&endpoint(true)).unwrap().base, "http://mirror.lan:5000");
+        assert_eq!(client.repo_at(&endpoint(false)).unwrap().base, "https://mirror.lan:5000");
         assert!(client.repo("a/b", "x").is_err());
         assert!(client.repo("h", "Upper").is_err());
         assert!(client.repo("h", "a//b").is_err());
