@@ -11,6 +11,7 @@
 //! a size check of every file the VM will use; no hashing, no waiting on any writer.
 
 mod cloud;
+mod cloud_artifact;
 mod cloud_pull;
 mod config;
 mod gc;

@@ -1,5 +1,6 @@
 //! Integration tests: real files, real tools, real processes.
 
+mod artifact;
 mod boot;
 mod cache;
 mod cache_fuzz_model;

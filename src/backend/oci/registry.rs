@@ -28,6 +28,7 @@
               error happens at most once per network request, so its size costs nothing"
 )]
 
+pub mod artifact;
 mod auth;
 mod blob;
 mod credhelper;
@@ -157,6 +158,14 @@ pub enum Error {
         what: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A cocoon artifact that is not an image this store holds (a VM snapshot, an unknown type).
+    #[error("{what}: artifact type {artifact_type} is not an image imgstore can store")]
+    UnsupportedArtifact {
+        /// Which manifest.
+        what: String,
+        /// Its artifact type.
+        artifact_type: String,
     },
     /// An index has no manifest for the wanted platform.
     #[error("{image} has no image for {wanted}; available: {}", available.join(", "))]
