@@ -31,6 +31,7 @@ mod lookup;
 mod mirrors;
 mod oci_e2e;
 mod oci_image;
+mod push;
 mod range_server;
 mod reference;
 mod registry;

@@ -32,6 +32,7 @@ pub mod artifact;
 mod auth;
 mod blob;
 mod credhelper;
+pub mod push;
 pub(crate) mod manifest;
 mod mirrors;
 mod resolve;
