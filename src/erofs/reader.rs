@@ -132,6 +132,27 @@ pub fn read(img: &[u8]) -> Result<Listing, Error> {
     Ok(out)
 }
 
+/// The bytes of the regular file at inode `nid` of `img` (a nid from [`read`]'s listing).
+///
+/// # Errors
+/// [`Error::Corrupt`] if the image or the inode is not readable or not a regular file.
+pub fn file_data(img: &[u8], nid: u64) -> Result<Vec<u8>, Error> {
+    let sb = img
+        .get(SUPER_OFFSET..SUPER_OFFSET + SUPER_SIZE)
+        .and_then(Super::decode)
+        .ok_or(corrupt(
+            "no EROFS superblock with 4 KiB blocks",
+            SUPER_OFFSET as u64,
+        ))?;
+    let image = Image { img, sb };
+    let (h, _, body) = image.inode(nid)?;
+    let at = image.iloc(nid);
+    if h.mode & format::S_IFMT != format::S_IFREG {
+        return Err(corrupt("not a regular file", at));
+    }
+    image.collect(&h, body, at)
+}
+
 impl<'a> Image<'a> {
     fn slice(&self, off: u64, len: u64) -> Result<&'a [u8], Error> {
         let end = off
@@ -154,8 +175,14 @@ impl<'a> Image<'a> {
         let avail = (self.img.len() as u64)
             .saturating_sub(at)
             .min(EXTENDED_SIZE as u64);
-        let h = InodeHeader::decode(self.slice(at, avail)?, &self.sb)
-            .ok_or(corrupt("malformed inode", at))?;
+        let raw = self.slice(at, avail)?;
+        let h = InodeHeader::decode(raw, &self.sb).ok_or_else(|| {
+            // Data layouts 1 and 3 are the compressed ones (`EROFS_INODE_COMPRESSED_*`).
+            match raw.get(..2).map(|f| (format::get16(f, 0) >> 1) & 7) {
+                Some(1 | 3) => corrupt("compressed inode (compression is not supported)", at),
+                _ => corrupt("malformed inode", at),
+            }
+        })?;
         let xat = at + h.len() as u64;
         let xlen = format::xattr_ibody_size(h.xattr_icount) as u64;
         let mut xattrs = BTreeMap::new();

@@ -16,6 +16,7 @@ mod cloud_pull;
 mod config;
 mod gc;
 mod import;
+mod native;
 mod oci;
 mod oci_layout;
 mod open;
@@ -228,6 +229,15 @@ pub enum Error {
         /// The cause.
         #[source]
         source: crate::backend::oci::erofs::Error,
+    },
+    /// An EROFS-native layer was refused; names the registry layer.
+    #[error("{source_name}: {source}")]
+    NativeLayer {
+        /// `layer <digest>`.
+        source_name: String,
+        /// The cause.
+        #[source]
+        source: crate::backend::oci::native::Error,
     },
     /// A name pinning a digest (`app@sha256:…`) given to an image with another ID (boxed: two
     /// digests are large).

@@ -507,6 +507,10 @@ impl Store {
             .collect())
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one layer read top to bottom; the EROFS-writer rework of this step splits it"
+    )]
     fn store_layer(
         &self,
         layer: &Layer<'_>,
@@ -584,12 +588,15 @@ impl Store {
         };
         let blob = work.path().join("layer.erofs");
         let boot = work.path().join("boot");
-        erofs::convert_layer(src, &layer.digest, work.path(), &blob, &boot).map_err(|source| {
-            Error::LayerFrom {
-                source_name: layer.from.label(&layer.digest),
-                source,
-            }
-        })?;
+        if !super::native::adopt(layer, src, &blob, &boot)? {
+            let source_name = layer.from.label(&layer.digest);
+            erofs::convert_layer(src, &layer.digest, work.path(), &blob, &boot).map_err(
+                |source| Error::LayerFrom {
+                    source_name,
+                    source,
+                },
+            )?;
+        }
         // mkfs.erofs wrote the image out of order (superblock last): ingest hashes it now.
         let what = format!("layer {} (EROFS)", layer.digest);
         let blob =

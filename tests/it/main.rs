@@ -16,6 +16,7 @@ mod crash;
 mod credhelper;
 mod download;
 mod erofs;
+mod erofs_native;
 mod erofs_writer;
 mod full_disk;
 mod fuzz_seeds;

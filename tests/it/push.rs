@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::cli_support::{run, Run};
+use crate::oci_image::{host_and_other_arch, ImageBuilder, OciLayout};
 use crate::registry_server::TestRegistry;
 
 const MIB: usize = 1 << 20;
@@ -116,4 +117,60 @@ fn cloud_image_round_trips_in_parts_and_a_second_push_uploads_nothing() {
     let fw = td.path().join("CLOUDHV.fd");
     std::fs::write(&fw, b"firmware").unwrap();
     assert_eq!(config(&a, &id, &fw), config(&b, &id, &fw));
+}
+
+/// The files a `config` names (layers, kernel, initrd), read, in order.
+fn config_files(c: &Value) -> Vec<Vec<u8>> {
+    let mut paths: Vec<String> = c["storage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().to_owned())
+        .collect();
+    paths.push(c["boot"]["kernel_path"].as_str().unwrap().to_owned());
+    paths.push(c["boot"]["initrd_path"].as_str().unwrap().to_owned());
+    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+#[test]
+fn oci_image_round_trips_as_erofs_native_layers_stored_as_they_are() {
+    let reg = TestRegistry::start();
+    let td = tempfile::tempdir().unwrap();
+    let (a, b) = (td.path().join("a"), td.path().join("b"));
+    let mut layout = OciLayout::create(&td.path().join("layout"));
+    layout.add_image("v1", &ImageBuilder::sample(host_and_other_arch().0));
+    reg.push_oci_layout(&layout.dir, "src/app", "v1");
+    let source = format!("{}/src/app:v1", reg.host());
+    run(&a, &["pull", &source]).ok();
+
+    let target = format!("{}/dst/app:erofs", reg.host());
+    let first = push(&a, &[&source, &target]);
+    assert_eq!(first["type"], "oci");
+    let blobs = first["blobs"].as_array().unwrap();
+    assert_eq!(
+        blobs[0]["media_type"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    assert!(blobs[1..]
+        .iter()
+        .all(|l| l["media_type"] == "application/vnd.erofs.layer.v1"));
+    assert!(results(&first).iter().all(|r| r == "uploaded"), "{first}");
+    let second = push(&a, &[&source, &target]);
+    assert!(results(&second).iter().all(|r| r == "present"), "{second}");
+
+    let pulled = run(&b, &["-o", "json", "pull", &target]).ok().json();
+    assert_eq!(pulled[0]["type"], "oci");
+    // Stored exactly as pushed: every layer file of b is named by, and hashes to, the digest
+    // the manifest gives it.
+    for l in &blobs[1..] {
+        let d = l["digest"].as_str().unwrap();
+        let stored = std::fs::read(b.join("oci/blobs").join(format!("{}.erofs", &d[7..]))).unwrap();
+        assert_eq!(imgstore::Digest::sha256_of(&stored).to_string(), d);
+    }
+    run(&a, &["verify"]).ok();
+    run(&b, &["verify"]).ok();
+    let cfg = |root: &Path, r: &str| run(root, &["-o", "json", "config", r]).ok().json()[0].clone();
+    let (ca, cb) = (cfg(&a, &source), cfg(&b, &target));
+    assert_eq!(config_files(&ca), config_files(&cb));
+    assert_eq!(ca["storage"].as_array().unwrap().len(), 3);
 }
