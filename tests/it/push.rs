@@ -174,3 +174,63 @@ fn oci_image_round_trips_as_erofs_native_layers_stored_as_they_are() {
     assert_eq!(config_files(&ca), config_files(&cb));
     assert_eq!(ca["storage"].as_array().unwrap().len(), 3);
 }
+
+/// `imgstore ARGS` with a docker config granting `user`/`password` on `host`.
+fn run_as(root: &Path, dir: &Path, host: &str, creds: Option<(&str, &str)>, args: &[&str]) -> Run {
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auths = creds.map_or(
+        serde_json::json!({}),
+        |(u, p)| serde_json::json!({ host: { "username": u, "password": p } }),
+    );
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::json!({ "auths": auths }).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(crate::cli_support::bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env("DOCKER_CONFIG", &docker)
+        .env("HOME", dir.join("home"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn push_authenticates_with_token_and_basic_auth_and_refuses_without() {
+    let td = tempfile::tempdir().unwrap();
+    let root = td.path().join("root");
+    let disk = td.path().join("disk.raw");
+    std::fs::write(&disk, pattern(MIB, 9)).unwrap();
+    run(&root, &["import", "disk", disk.to_str().unwrap()]).ok();
+    for reg in [
+        TestRegistry::start_with_token_auth("alice", "s3cret"),
+        TestRegistry::start_with_auth("alice", "s3cret"),
+    ] {
+        let host = reg.host();
+        let target = format!("{host}/team/disk:v1");
+        let r = run_as(&root, td.path(), &host, None, &["push", "disk", &target]).fails();
+        assert!(r.stderr.contains("not authorized"), "{}", r.stderr);
+        let creds = Some(("alice", "s3cret"));
+        run_as(&root, td.path(), &host, creds, &["push", "disk", &target]).ok();
+        let other = td.path().join(format!("pulled-{}", reg.port()));
+        let pulled = run_as(
+            &other,
+            td.path(),
+            &host,
+            creds,
+            &["-o", "json", "pull", &target],
+        )
+        .ok()
+        .json();
+        assert_eq!(pulled[0]["type"], "cloudimg");
+    }
+}
