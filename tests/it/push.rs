@@ -117,6 +117,13 @@ fn cloud_image_round_trips_in_parts_and_a_second_push_uploads_nothing() {
     let fw = td.path().join("CLOUDHV.fd");
     std::fs::write(&fw, b"firmware").unwrap();
     assert_eq!(config(&a, &id, &fw), config(&b, &id, &fw));
+
+    // From the root that pulled it, to another repository of the same registry: every blob is
+    // mounted from the repository it came from, none uploaded.
+    let copy = format!("{}/vm/copy:v1", reg.host());
+    let mounted = push(&b, &[&reference, &copy, "--part-size", "1M"]);
+    assert!(results(&mounted).iter().all(|r| r == "mounted"), "{mounted}");
+    assert_eq!(mounted["manifest_digest"], first["manifest_digest"]);
 }
 
 /// The files a `config` names (layers, kernel, initrd), read, in order.
