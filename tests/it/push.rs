@@ -122,7 +122,10 @@ fn cloud_image_round_trips_in_parts_and_a_second_push_uploads_nothing() {
     // mounted from the repository it came from, none uploaded.
     let copy = format!("{}/vm/copy:v1", reg.host());
     let mounted = push(&b, &[&reference, &copy, "--part-size", "1M"]);
-    assert!(results(&mounted).iter().all(|r| r == "mounted"), "{mounted}");
+    assert!(
+        results(&mounted).iter().all(|r| r == "mounted"),
+        "{mounted}"
+    );
     assert_eq!(mounted["manifest_digest"], first["manifest_digest"]);
 }
 
