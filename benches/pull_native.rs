@@ -69,8 +69,8 @@ fn pull_native(c: &mut Criterion) {
             b.iter_batched(
                 || tempfile::tempdir().expect("temp dir for a store root"),
                 |root| {
-                    let store = Store::open_opts(root.path(), StoreOptions::default())
-                        .expect("open store");
+                    let store =
+                        Store::open_opts(root.path(), StoreOptions::default()).expect("open store");
                     store.pull_oci(reference, true).expect("pull");
                     root
                 },

@@ -170,8 +170,12 @@ impl Store {
                 match &blob.body {
                     Body::Bytes(b) => Ok(Box::new(std::io::Cursor::new(b.clone()))),
                     Body::File { path, offset } => {
-                        let mut f = File::open(path)?;
-                        f.seek(SeekFrom::Start(*offset))?;
+                        // The registry error names the blob; this names the stored file.
+                        let named = |e: std::io::Error| {
+                            std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                        };
+                        let mut f = File::open(path).map_err(named)?;
+                        f.seek(SeekFrom::Start(*offset)).map_err(named)?;
                         Ok(Box::new(f.take(blob.desc.size)))
                     }
                 }

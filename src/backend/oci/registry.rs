@@ -204,6 +204,14 @@ pub enum Error {
         /// The sink's error.
         source: io::Error,
     },
+    /// Reading the bytes of a blob being pushed failed (a stored file gone or unreadable).
+    #[error("{what}: reading the bytes to upload failed: {source}")]
+    UploadRead {
+        /// What was being pushed.
+        what: String,
+        /// The read error.
+        source: io::Error,
+    },
     /// The docker config file exists but could not be read.
     #[error("reading docker config {}: {source}", path.display())]
     DockerConfig {

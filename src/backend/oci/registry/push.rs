@@ -202,7 +202,7 @@ impl Client {
                 check_status(&repo, &what, status, &body)?;
                 return Err(status_error(&repo.api_host, &what, status, &body));
             }
-            let mut reader = open().map_err(|source| Error::Sink {
+            let mut reader = open().map_err(|source| Error::UploadRead {
                 what: what.clone(),
                 source,
             })?;
@@ -213,7 +213,7 @@ impl Client {
                 (&mut reader)
                     .take(want)
                     .read_to_end(buf)
-                    .map_err(|source| Error::Sink {
+                    .map_err(|source| Error::UploadRead {
                         what: what.clone(),
                         source,
                     })?;
