@@ -162,3 +162,41 @@ fn unknown_feature_bit_is_refused_by_name() {
         "unknown incompatible feature bit 0x4000",
     );
 }
+
+#[test]
+fn erofs_layer_with_an_xattr_on_many_files_pulls() {
+    let reg = TestRegistry::start();
+    let td = tempfile::tempdir().unwrap();
+    let root = td.path().join("root");
+    let tree = td.path().join("tree");
+    std::fs::create_dir_all(tree.join("boot")).unwrap();
+    std::fs::write(tree.join("boot/vmlinuz"), "k\n").unwrap();
+    std::fs::write(tree.join("boot/initrd.img"), "i\n").unwrap();
+    // mkfs.erofs shares an xattr value more files carry than its tolerance (`-x`, default 2).
+    for i in 0..8 {
+        let f = tree.join(format!("f{i}"));
+        std::fs::write(&f, format!("{i}\n")).unwrap();
+        xattr::set(&f, "user.note", b"the same value everywhere").unwrap();
+    }
+    let img = td.path().join("x.erofs");
+    let out = Command::new("mkfs.erofs")
+        .arg(&img)
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = std::fs::read(img).unwrap();
+    push_image(&reg, "x/app", "v1", &[], std::slice::from_ref(&img));
+    let reference = format!("{}/x/app:v1", reg.host());
+    run(&root, &["pull", &reference]).ok();
+    let c = run(&root, &["-o", "json", "config", &reference])
+        .ok()
+        .json()[0]
+        .clone();
+    let stored = c["storage"][0]["path"].as_str().unwrap();
+    assert_eq!(std::fs::read(stored).unwrap(), img);
+}
