@@ -80,6 +80,23 @@ enum Command {
         #[arg(long, conflicts_with = "force")]
         offline: bool,
     },
+    /// Push a stored image to a registry: a cloud image as a cocoon os-image artifact, an OCI
+    /// image as an EROFS-native image.
+    Push {
+        /// Name, digest or digest prefix of the stored image.
+        id: String,
+        /// Where to push it (`host/repository:tag`).
+        reference: String,
+        /// Registry host to reach over plain http (loopback hosts always are).
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure: Vec<String>,
+        /// Split a cloud image into `.part` layers of this size (bytes, or with K/M/G/T suffix).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "1G")]
+        part_size: u64,
+        /// Upload blobs up to this size in one request, bigger ones in chunks of it.
+        #[arg(long, value_parser = parse_size, value_name = "SIZE", default_value = "32M")]
+        chunk_size: u64,
+    },
     /// Import an image from files (or stdin): layer tars, an OCI layout or archive, or a disk image.
     Import {
         /// Name to store it under.
@@ -243,6 +260,22 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             },
             insecure,
             *max_size,
+        ),
+        Command::Push {
+            id,
+            reference,
+            insecure,
+            part_size,
+            chunk_size,
+        } => cmd::push::run(
+            cli,
+            id,
+            reference,
+            insecure,
+            &imgstore::store::PushOptions {
+                part_size: *part_size,
+                chunk_size: *chunk_size,
+            },
         ),
         Command::Import { name, files, kind } => cmd::import::run(cli, name, files, *kind),
         Command::List => cmd::list::run(cli),

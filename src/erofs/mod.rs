@@ -26,7 +26,7 @@ mod tree;
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Read, Seek, Write};
 
-pub use reader::read;
+pub use reader::{file_data, read};
 
 /// Why writing (or reading) an image failed. Entry errors name the entry as written in the tar.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
 //! A small reader of uncompressed EROFS images held in memory: superblock, compact and extended
-//! inodes, inline xattrs, flat / inline / chunk-based (block map) data, directories. It exists to
-//! check the writer (tests, fuzzing) and bounds-checks every offset, so a corrupt image is an
-//! [`Error::Corrupt`], never a panic. It does not read compressed images, shared xattrs or
-//! chunk indexes (imgstore writes none).
+//! inodes, inline and shared xattrs, flat / inline / chunk-based (block map) data, directories.
+//! It checks the writer (tests, fuzzing) and EROFS-native layers before they are stored, and
+//! bounds-checks every offset, so a corrupt image is an [`Error::Corrupt`], never a panic. It
+//! does not read compressed images or chunk indexes (imgstore writes none).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,6 +17,14 @@ type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
 struct Image<'a> {
     img: &'a [u8],
     sb: Super,
+    /// Where shared xattr entries are (`xattr_blkaddr`, a block address, as a byte offset).
+    xattr_base: u64,
+}
+
+/// The superblock's `xattr_blkaddr` (byte 44), as a byte offset.
+fn xattr_base(img: &[u8]) -> u64 {
+    img.get(SUPER_OFFSET + 44..SUPER_OFFSET + 48)
+        .map_or(0, |b| u64::from(format::get32(b, 0)) * BLOCK_SIZE)
 }
 
 enum Piece<'a> {
@@ -30,26 +38,7 @@ fn corrupt(what: &'static str, offset: u64) -> Error {
 
 /// Parse a whole image into its tree.
 pub fn read(img: &[u8]) -> Result<Listing, Error> {
-    let sb = img
-        .get(SUPER_OFFSET..SUPER_OFFSET + SUPER_SIZE)
-        .and_then(Super::decode)
-        .ok_or(corrupt(
-            "no EROFS superblock with 4 KiB blocks",
-            SUPER_OFFSET as u64,
-        ))?;
-    if sb.feature_incompat & !format::FEATURE_INCOMPAT_CHUNKED_FILE != 0 {
-        return Err(corrupt(
-            "unsupported incompatible feature",
-            SUPER_OFFSET as u64 + 80,
-        ));
-    }
-    if u64::from(sb.blocks) * BLOCK_SIZE > img.len() as u64 {
-        return Err(corrupt(
-            "image shorter than its block count",
-            img.len() as u64,
-        ));
-    }
-    let image = Image { img, sb };
+    let image = Image::open(img)?;
     let mut out = BTreeMap::new();
     let root = u64::from(image.sb.root_nid);
     let mut seen_dirs = HashSet::from([root]);
@@ -132,7 +121,50 @@ pub fn read(img: &[u8]) -> Result<Listing, Error> {
     Ok(out)
 }
 
+/// The bytes of the regular file at inode `nid` of `img` (a nid from [`read`]'s listing).
+///
+/// # Errors
+/// [`Error::Corrupt`] if the image or the inode is not readable or not a regular file.
+pub fn file_data(img: &[u8], nid: u64) -> Result<Vec<u8>, Error> {
+    let image = Image::open(img)?;
+    let (h, _, body) = image.inode(nid)?;
+    let at = image.iloc(nid);
+    if h.mode & format::S_IFMT != format::S_IFREG {
+        return Err(corrupt("not a regular file", at));
+    }
+    image.collect(&h, body, at)
+}
+
 impl<'a> Image<'a> {
+    /// Decode and check the superblock: 4 KiB blocks, no incompatible feature but chunked
+    /// files, the image as long as its block count.
+    fn open(img: &'a [u8]) -> Result<Self, Error> {
+        let sb = img
+            .get(SUPER_OFFSET..SUPER_OFFSET + SUPER_SIZE)
+            .and_then(Super::decode)
+            .ok_or(corrupt(
+                "no EROFS superblock with 4 KiB blocks",
+                SUPER_OFFSET as u64,
+            ))?;
+        if sb.feature_incompat & !format::FEATURE_INCOMPAT_CHUNKED_FILE != 0 {
+            return Err(corrupt(
+                "unsupported incompatible feature",
+                SUPER_OFFSET as u64 + 80,
+            ));
+        }
+        if u64::from(sb.blocks) * BLOCK_SIZE > img.len() as u64 {
+            return Err(corrupt(
+                "image shorter than its block count",
+                img.len() as u64,
+            ));
+        }
+        Ok(Self {
+            img,
+            sb,
+            xattr_base: xattr_base(img),
+        })
+    }
+
     fn slice(&self, off: u64, len: u64) -> Result<&'a [u8], Error> {
         let end = off
             .checked_add(len)
@@ -154,17 +186,39 @@ impl<'a> Image<'a> {
         let avail = (self.img.len() as u64)
             .saturating_sub(at)
             .min(EXTENDED_SIZE as u64);
-        let h = InodeHeader::decode(self.slice(at, avail)?, &self.sb)
-            .ok_or(corrupt("malformed inode", at))?;
+        let raw = self.slice(at, avail)?;
+        let h = InodeHeader::decode(raw, &self.sb).ok_or_else(|| {
+            // Data layouts 1 and 3 are the compressed ones (`EROFS_INODE_COMPRESSED_*`).
+            match raw.get(..2).map(|f| (format::get16(f, 0) >> 1) & 7) {
+                Some(1 | 3) => corrupt("compressed inode (compression is not supported)", at),
+                _ => corrupt("malformed inode", at),
+            }
+        })?;
         let xat = at + h.len() as u64;
         let xlen = format::xattr_ibody_size(h.xattr_icount) as u64;
         let mut xattrs = BTreeMap::new();
         if xlen > 0 {
             let x = self.slice(xat, xlen)?;
-            if x[4] != 0 {
-                return Err(corrupt("shared xattrs are not supported", xat));
+            // The header's shared count, then that many u32 ids of entries in the shared area.
+            let shared = usize::from(x[4]);
+            let ids_end = format::XATTR_HEADER_SIZE + 4 * shared;
+            let ids = x
+                .get(format::XATTR_HEADER_SIZE..ids_end)
+                .ok_or(corrupt("more shared xattr ids than the xattr area holds", xat))?;
+            for id in ids.chunks_exact(4) {
+                let at = self.xattr_base + u64::from(format::get32(id, 0)) * 4;
+                let e = self.slice(at, 4)?;
+                let (name_len, index) = (u64::from(e[0]), e[1]);
+                let value_len = u64::from(format::get16(e, 2));
+                let name = self.slice(at + 4, name_len)?;
+                let value = self.slice(at + 4 + name_len, value_len)?;
+                let full = format::join_xattr_name(index, name)
+                    .ok_or(corrupt("unknown xattr prefix", at))?;
+                if xattrs.insert(full, value.to_vec()).is_some() {
+                    return Err(corrupt("duplicate xattr", at));
+                }
             }
-            let mut i = format::XATTR_HEADER_SIZE;
+            let mut i = ids_end;
             while i < x.len() {
                 let e = x.get(i..i + 4).ok_or(corrupt("truncated xattr", xat))?;
                 let (name_len, index) = (usize::from(e[0]), e[1]);

@@ -162,11 +162,13 @@ impl Store {
         let progress = |done: u64| self.progress(&label, done, total);
         let staged = ingest::stage(&b.temp_dir(), reader, source_name, &expected, &progress)
             .map_err(download_error)?;
+        check_pinned(name, &staged.sums.sha256)?;
         self.finish_cloud(name, staged, format, source_name, origin)
     }
 
     /// Check, convert if needed, publish and commit a staged cloud image (whose head sniffed
-    /// as `format`) under `name`.
+    /// as `format`) under `name`. A name pinned by digest is the caller's to check (a file's
+    /// sha256, or an artifact's manifest digest).
     pub(super) fn finish_cloud(
         &self,
         name: &str,
@@ -178,7 +180,6 @@ impl Store {
         let b = self.layout.backend(Kind::CloudImg);
         let key = staged.sums.sha256;
         let size = staged.sums.size;
-        check_pinned(name, &key)?;
 
         let guard = self.lock_digest(Kind::CloudImg, &key)?;
         let recorded = self.recorded_cloud_sums(&key)?;

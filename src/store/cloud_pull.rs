@@ -210,7 +210,7 @@ impl Store {
     }
 
     /// The image ID stored under `url`, if its files are intact.
-    fn stored_cloud(&self, url: &str) -> Result<Option<Digest>, Error> {
+    pub(super) fn stored_cloud(&self, url: &str) -> Result<Option<Digest>, Error> {
         let snap = self.snapshot()?;
         let Some(e) = snap.cloud.get(url) else {
             return Ok(None);
@@ -221,7 +221,7 @@ impl Store {
 }
 
 /// The first bytes of a finished download, to tell its format.
-fn read_head(file: &std::fs::File, path: &std::path::Path) -> Result<Vec<u8>, Error> {
+pub(super) fn read_head(file: &std::fs::File, path: &std::path::Path) -> Result<Vec<u8>, Error> {
     let mut head = vec![0u8; 4096];
     let mut n = 0;
     while n < head.len() {

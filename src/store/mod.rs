@@ -11,14 +11,17 @@
 //! a size check of every file the VM will use; no hashing, no waiting on any writer.
 
 mod cloud;
+mod cloud_artifact;
 mod cloud_pull;
 mod config;
 mod gc;
 mod import;
+mod native;
 mod oci;
 mod oci_layout;
 mod open;
 mod publish;
+mod push;
 mod remove;
 mod resolve;
 mod snapshot;
@@ -37,6 +40,7 @@ pub use cloud_pull::CloudPull;
 pub use config::{Boot, Disk, VmConfig};
 pub use oci::OciSource;
 pub use open::{OnWait, Progress, StoreOptions};
+pub use push::{PushOptions, PushOutcome, PushedBlob, DEFAULT_PART_SIZE, EROFS_LAYER};
 pub use remove::Removed;
 pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Snapshot};
 pub use verify::{Status, VerifyEntry, VerifyOptions};
@@ -225,6 +229,15 @@ pub enum Error {
         /// The cause.
         #[source]
         source: crate::backend::oci::erofs::Error,
+    },
+    /// An EROFS-native layer was refused; names the registry layer.
+    #[error("{source_name}: {source}")]
+    NativeLayer {
+        /// `layer <digest>`.
+        source_name: String,
+        /// The cause.
+        #[source]
+        source: crate::backend::oci::native::Error,
     },
     /// A name pinning a digest (`app@sha256:…`) given to an image with another ID (boxed: two
     /// digests are large).

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use crate::backend::oci::erofs;
+use crate::backend::oci::registry::artifact::{self, Classified};
 use crate::backend::oci::registry::{Client, Descriptor};
 use crate::backend::oci::unpack::Compression;
 use crate::digest::{Digest, Sums};
@@ -127,7 +128,6 @@ impl Store {
             source,
         })?;
         let key = r.canonical();
-        self.check_oci_name_free(&key)?;
         let client = Client::new(self.opts.registry.clone());
         let tag_or_digest = r
             .digest()
@@ -135,6 +135,11 @@ impl Store {
             .or_else(|| r.tag().map(str::to_owned))
             .unwrap_or_else(|| "latest".to_owned());
         let resolved = client.resolve(r.domain(), r.path(), &tag_or_digest)?;
+        // A cloud image kept in the registry as an artifact goes to the cloud backend.
+        if let Classified::Cloud(a) = artifact::classify(&resolved.raw, &key)? {
+            return self.pull_cloud_artifact(&key, &client, &r, &resolved, &a, force);
+        }
+        self.check_oci_name_free(&key)?;
         if !force {
             if let Some(done) = self.already_stored(&key, &resolved.manifest_digest)? {
                 return Ok(done);
@@ -502,6 +507,10 @@ impl Store {
             .collect())
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one layer read top to bottom; the EROFS-writer rework of this step splits it"
+    )]
     fn store_layer(
         &self,
         layer: &Layer<'_>,
@@ -579,12 +588,15 @@ impl Store {
         };
         let blob = work.path().join("layer.erofs");
         let boot = work.path().join("boot");
-        erofs::convert_layer(src, &layer.digest, work.path(), &blob, &boot).map_err(|source| {
-            Error::LayerFrom {
-                source_name: layer.from.label(&layer.digest),
-                source,
-            }
-        })?;
+        if !super::native::adopt(layer, src, &blob, &boot)? {
+            let source_name = layer.from.label(&layer.digest);
+            erofs::convert_layer(src, &layer.digest, work.path(), &blob, &boot).map_err(
+                |source| Error::LayerFrom {
+                    source_name,
+                    source,
+                },
+            )?;
+        }
         // mkfs.erofs wrote the image out of order (superblock last): ingest hashes it now.
         let what = format!("layer {} (EROFS)", layer.digest);
         let blob =

@@ -1,5 +1,6 @@
 //! Integration tests: real files, real tools, real processes.
 
+mod artifact;
 mod boot;
 mod cache;
 mod cache_fuzz_model;
@@ -15,6 +16,7 @@ mod crash;
 mod credhelper;
 mod download;
 mod erofs;
+mod erofs_native;
 mod erofs_writer;
 mod full_disk;
 mod fuzz_seeds;
@@ -30,6 +32,7 @@ mod lookup;
 mod mirrors;
 mod oci_e2e;
 mod oci_image;
+mod push;
 mod range_server;
 mod reference;
 mod registry;

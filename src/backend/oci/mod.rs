@@ -2,5 +2,6 @@
 
 pub mod boot;
 pub mod erofs;
+pub mod native;
 pub mod registry;
 pub mod unpack;

@@ -28,9 +28,11 @@
               error happens at most once per network request, so its size costs nothing"
 )]
 
+pub mod artifact;
 mod auth;
 mod blob;
 mod credhelper;
+pub mod push;
 pub(crate) mod manifest;
 mod mirrors;
 mod resolve;
@@ -158,6 +160,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A cocoon artifact that is not an image this store holds (a VM snapshot, an unknown type).
+    #[error("{what}: artifact type {artifact_type} is not an image imgstore can store")]
+    UnsupportedArtifact {
+        /// Which manifest.
+        what: String,
+        /// Its artifact type.
+        artifact_type: String,
+    },
     /// An index has no manifest for the wanted platform.
     #[error("{image} has no image for {wanted}; available: {}", available.join(", "))]
     NoMatchingPlatform {
@@ -192,6 +202,14 @@ pub enum Error {
         /// What was being fetched.
         what: String,
         /// The sink's error.
+        source: io::Error,
+    },
+    /// Reading the bytes of a blob being pushed failed (a stored file gone or unreadable).
+    #[error("{what}: reading the bytes to upload failed: {source}")]
+    UploadRead {
+        /// What was being pushed.
+        what: String,
+        /// The read error.
         source: io::Error,
     },
     /// The docker config file exists but could not be read.

@@ -6,6 +6,7 @@ pub(crate) mod import;
 pub(crate) mod inspect;
 pub(crate) mod list;
 pub(crate) mod pull;
+pub(crate) mod push;
 pub(crate) mod reference;
 pub(crate) mod rm;
 pub(crate) mod verify;

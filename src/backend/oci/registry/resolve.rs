@@ -155,7 +155,12 @@ impl Client {
             Ok((body, content_type, what))
         })?;
 
-        let config = self.fetch_config(repo, &image, &manifest)?;
+        // An artifact's config is no image config and names no platform (classified later).
+        let config = if super::artifact::is_cocoon_artifact(&raw) {
+            self.fetch_artifact_config(repo, &manifest)?
+        } else {
+            self.fetch_config(repo, &image, &manifest)?
+        };
         Ok(Resolved {
             manifest_digest: digest,
             manifest,
