@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pull and import of a large real-world layer, side by side (issue 14's closing note):
-# a one-layer image built from this machine's /usr (files in path order up to ~870 MB and 9,000
-# files, plus a small boot/ with a kernel and initrd stand-in), gzip -6 (~350 MB), pushed to a
+# a one-layer image built from this machine's /usr (in path order, every 4th file of 4 KiB or
+# more and every 40th smaller one, none above 64 MiB, up to ~870 MB and 9,000 files, as
+# benches/erofs_writer.rs samples; plus a boot/ with kernel and initrd stand-ins), gzip -6 (~350 MB), pushed to a
 # docker-registry on 127.0.0.1. Alternating rounds, medians:
 #   - `CAND pull` vs `skopeo copy docker://… oci:DIR` (download + verify only) from the same
 #     registry (target: pull <= 1.5x skopeo), and `BASE pull` for context;
@@ -24,8 +25,10 @@ mkdir -p "$work/extra/boot"
 head -c $((8 << 20)) /dev/urandom >"$work/extra/boot/vmlinuz"
 head -c $((32 << 20)) /dev/urandom >"$work/extra/boot/initrd.img"
 find /usr -xdev \( -type f -o -type l \) -printf '%s %p\n' | LC_ALL=C sort -k2 |
-    awk '{ if (n >= 9000 || b + $1 > 870000000) exit; n++; b += $1; print substr($2, 2) }' \
-        >"$work/files"
+    awk '$1 > 67108864 { next }
+         $1 >= 4096 { if (++big % 4) next } $1 < 4096 { if (++small % 40) next }
+         !stop && (n >= 9000 || b + $1 > 870000000) { stop = 1 }
+         !stop { n++; b += $1; print substr($0, index($0, " ") + 2) }' >"$work/files"
 tar -cf "$work/layer.tar" -C "$work/extra" boot -C / -T "$work/files"
 gzip -6 -c "$work/layer.tar" >"$work/layer.tar.gz"
 rm "$work/layer.tar"
