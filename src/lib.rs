@@ -30,11 +30,8 @@
 //! # Limitations
 //! - Linux only: publishing relies on `renameat2(RENAME_NOREPLACE)` (with a link fallback) and
 //!   locks on `flock`.
-//! - Layer conversion and image checks run the external tools `mkfs.erofs`/`fsck.erofs`
-//!   (erofs-utils) and `qemu-img` (qemu-utils); they must be installed.
-//! - With erofs-utils older than 1.8, layers are unpacked into a temp directory before
-//!   `mkfs.erofs` runs, which needs as much free space as the unpacked layer and root privileges
-//!   to keep owners and overlay whiteouts.
+//! - Cloud image checks and conversion run the external tool `qemu-img` (qemu-utils); it must
+//!   be installed. OCI layers are converted to EROFS in process (no tool, no root).
 //! - OCI pulls read the docker config (`auths`, and the credential helpers of `credsStore` /
 //!   `credHelpers`, which are run as docker runs them) and, by default, containers-registries.conf
 //!   for mirrors, remapping and blocked registries, as podman finds it

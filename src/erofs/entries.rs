@@ -337,11 +337,22 @@ impl<'o, W: Write> Ingest<'o, W> {
         };
         let h = entry.header();
         let id = |v: u64| u32::try_from(v).map_err(|_| invalid("uid or gid above 2^32 - 1"));
+        // A blank numeric field (all NUL or spaces, as some hand-made tars have) reads as 0, as
+        // the unpack this writer replaced took it; anything else must parse.
+        let old = h.as_old();
+        let num = |field: &[u8], v: io::Result<u64>| {
+            if field.iter().all(|&b| b == 0 || b == b' ') {
+                Ok(0)
+            } else {
+                v.map_err(tar_err)
+            }
+        };
+        let mode = num(&old.mode, h.mode().map(u64::from))?;
         let mut attrs = Attrs {
-            mode: h.mode().map_err(tar_err)? & 0o7777,
-            uid: id(h.uid().map_err(tar_err)?)?,
-            gid: id(h.gid().map_err(tar_err)?)?,
-            mtime: i64::try_from(h.mtime().map_err(tar_err)?)
+            mode: u32::try_from(mode & 0o7777).unwrap_or(0),
+            uid: id(num(&old.uid, h.uid())?)?,
+            gid: id(num(&old.gid, h.gid())?)?,
+            mtime: i64::try_from(num(&old.mtime, h.mtime())?)
                 .map_err(|_| invalid("mtime beyond 2^63"))?,
             mtime_nsec: 0,
             xattrs: BTreeMap::new(),
@@ -487,6 +498,27 @@ mod tests {
         assert_eq!(parse_time(b"-1.5"), Some((-2, 500_000_000)));
         assert_eq!(parse_time(b"x"), None);
         assert_eq!(parse_time(b"1.x"), None);
+    }
+
+    #[test]
+    fn blank_numeric_fields_read_as_zero() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_entry_type(EntryType::Regular);
+        h.set_path("f").unwrap();
+        // new_gnu leaves mode, uid, gid and mtime all NUL.
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let opts = crate::erofs::Options {
+            manifest: true,
+            ..crate::erofs::Options::default()
+        };
+        let mut img = std::io::Cursor::new(Vec::new());
+        let report = crate::erofs::write(&tar[..], &mut img, &opts).unwrap();
+        let node = &report.manifest.unwrap()[&b"f"[..]];
+        assert_eq!((node.mode & 0o7777, node.uid, node.gid, node.mtime), (0, 0, 0, 0));
     }
 
     #[test]

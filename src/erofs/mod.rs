@@ -163,6 +163,9 @@ pub struct Options {
     pub implied_dirs: BTreeMap<Vec<u8>, DirAttrs>,
     /// Fill [`Report::manifest`] (hashes every file: costs a blake3 pass).
     pub manifest: bool,
+    /// Record in [`Report::extents`] where the image holds the bytes of every regular file
+    /// whose final path (`a/b`) this accepts (e.g. boot files, copied out after the write).
+    pub extents_of: Option<fn(&[u8]) -> bool>,
 }
 
 impl Options {
@@ -198,6 +201,20 @@ pub struct Report {
     pub blocks: u64,
     /// The tree as written, if [`Options::manifest`].
     pub manifest: Option<Listing>,
+    /// Where the regular files [`Options::extents_of`] selected are, by final path.
+    pub extents: BTreeMap<Vec<u8>, Extents>,
+}
+
+/// Where a regular file's bytes are in the image: fixed-size chunks, each at a byte offset of
+/// the image or a hole (zeros). Read them back with [`copy_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extents {
+    /// The file's size.
+    pub size: u64,
+    /// Bytes per chunk (the last one may be short).
+    pub chunk: u64,
+    /// Byte offset in the image of each chunk, `None` for a hole.
+    pub chunks: Vec<Option<u64>>,
 }
 
 /// An image's tree: path (`""` is the root, `a/b` below it) → node.
@@ -266,9 +283,53 @@ pub fn write<R: Read, W: Write + Seek>(tar: R, out: W, opts: &Options) -> Result
         ingest.entry(&mut entry)?;
     }
     let entries::Ingest {
-        tree, area, report, ..
+        tree,
+        area,
+        mut report,
+        ..
     } = ingest;
+    if let Some(select) = opts.extents_of {
+        report.extents = tree.extents(select);
+    }
     layout::finish(&tree, area, opts.uuid, opts.manifest, report)
+}
+
+/// Set the UUID of an image written by [`write`] (when the digest naming it is known only after
+/// the stream was read). The superblock has no checksum, so only these 16 bytes change.
+pub fn set_uuid<W: Write + Seek>(mut out: W, uuid: [u8; 16]) -> Result<(), Error> {
+    out.seek(io::SeekFrom::Start(format::SUPER_OFFSET as u64 + 48))
+        .map_err(Error::output("seeking to the superblock UUID"))?;
+    out.write_all(&uuid)
+        .map_err(Error::output("writing the superblock UUID"))
+}
+
+/// Copy the file described by `extents` out of `image` (an image [`write`] wrote) into `to`.
+pub fn copy_file<W: Write>(
+    image: &std::fs::File,
+    extents: &Extents,
+    mut to: W,
+) -> Result<(), io::Error> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = extents.size;
+    for chunk in &extents.chunks {
+        let mut n = extents.chunk.min(left);
+        left -= n;
+        let mut at = *chunk;
+        while n > 0 {
+            let k = n.min(buf.len() as u64) as usize;
+            match at {
+                Some(off) => {
+                    image.read_exact_at(&mut buf[..k], off)?;
+                    at = Some(off + k as u64);
+                }
+                None => buf[..k].fill(0),
+            }
+            to.write_all(&buf[..k])?;
+            n -= k as u64;
+        }
+    }
+    Ok(())
 }
 
 /// Fuzz oracle: arbitrary bytes as a layer tar either fail cleanly or give an image that

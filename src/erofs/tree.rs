@@ -174,6 +174,53 @@ impl Tree {
     }
 }
 
+impl Tree {
+    /// Where the regular files whose path `select` accepts are (see [`super::Extents`]).
+    pub(crate) fn extents(
+        &self,
+        select: fn(&[u8]) -> bool,
+    ) -> BTreeMap<Vec<u8>, super::Extents> {
+        use super::format::{BLOCK_SIZE, NULL_ADDR};
+        let mut out = BTreeMap::new();
+        let mut stack: Vec<(Vec<u8>, Ino)> = vec![(Vec::new(), ROOT)];
+        while let Some((path, dir)) = stack.pop() {
+            let Some(children) = self.children(dir) else {
+                continue;
+            };
+            for (name, &child) in children {
+                let mut p = path.clone();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(name);
+                match &self.inodes[child].body {
+                    Body::Dir(_) => stack.push((p, child)),
+                    Body::File { size, layout, .. } if select(&p) => {
+                        let e = match layout {
+                            FileLayout::Plain { blkaddr } => super::Extents {
+                                size: *size,
+                                chunk: (*size).max(1),
+                                chunks: vec![Some(u64::from(*blkaddr) * BLOCK_SIZE)],
+                            },
+                            FileLayout::Chunked { chunk_bits, map } => super::Extents {
+                                size: *size,
+                                chunk: BLOCK_SIZE << chunk_bits,
+                                chunks: map
+                                    .iter()
+                                    .map(|&a| (a != NULL_ADDR).then(|| u64::from(a) * BLOCK_SIZE))
+                                    .collect(),
+                            },
+                        };
+                        out.insert(p, e);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}
+
 fn is_dir(a: &Attrs) -> bool {
     a.mode & S_IFMT == S_IFDIR
 }

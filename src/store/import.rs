@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::backend::cloudimg::{self, Format};
-use crate::backend::oci::unpack::{self, Compression};
+use crate::backend::oci::layer::{self as unpack, Compression};
 use crate::digest::Digest;
 use crate::input::Input;
 use crate::layout::Kind;

@@ -18,6 +18,7 @@ mod gc;
 mod import;
 mod native;
 mod oci;
+mod oci_layer;
 mod oci_layout;
 mod open;
 mod publish;
@@ -62,7 +63,7 @@ pub use crate::lock::LockWait;
 /// here so a caller can match on them too. Their variants may grow (`#[non_exhaustive]`).
 pub mod error {
     pub use crate::backend::cloudimg::Error as CloudError;
-    pub use crate::backend::oci::erofs::Error as LayerError;
+    pub use crate::backend::oci::layer::Error as LayerError;
     pub use crate::backend::oci::registry::Error as RegistryError;
     pub use crate::error::IoError;
     pub use crate::index::file::Error as IndexError;
@@ -101,7 +102,7 @@ pub enum Error {
     Cloud(#[from] crate::backend::cloudimg::Error),
     /// An oci layer could not be converted.
     #[error(transparent)]
-    Layer(#[from] crate::backend::oci::erofs::Error),
+    Layer(#[from] crate::backend::oci::layer::Error),
     /// A registry operation failed (boxed: digest mismatches are large).
     #[error(transparent)]
     Registry(Box<crate::backend::oci::registry::Error>),
@@ -228,7 +229,7 @@ pub enum Error {
         source_name: String,
         /// The cause.
         #[source]
-        source: crate::backend::oci::erofs::Error,
+        source: crate::backend::oci::layer::Error,
     },
     /// An EROFS-native layer was refused; names the registry layer.
     #[error("{source_name}: {source}")]

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::oci::{Layer, LayerFrom};
+use super::oci_layer::{Layer, LayerFrom};
 use super::Error;
 use crate::backend::oci::native;
 use crate::fsutil;

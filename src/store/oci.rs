@@ -8,26 +8,24 @@
 //! → commit the index entry under a short exclusive lock → release. Nothing is published until
 //! every layer is ready, so a failed pull or import leaves no blob behind. The gc lease is held
 //! only from "every reused layer is still there" to the commit.
-//! (Slightly over 600 lines on purpose: one verb, read top to bottom; the per-layer conversion at
-//! its end is rewritten when the streaming EROFS writer of `src/erofs/` replaces unpack + mkfs.)
+//! Each layer is converted in one streaming pass (`oci_layer.rs`); imported files are converted
+//! before the locks, since their digest is known only once they are read.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::backend::oci::erofs;
+use crate::backend::oci::layer::Compression;
 use crate::backend::oci::registry::artifact::{self, Classified};
-use crate::backend::oci::registry::{Client, Descriptor};
-use crate::backend::oci::unpack::Compression;
-use crate::digest::{Digest, Sums};
-use crate::fsutil::{self, TempDir, TempFile};
+use crate::backend::oci::registry::Client;
+use crate::digest::Digest;
+use crate::fsutil::{self, TempDir};
 use crate::index::{LayerEntry, OciEntry};
-use crate::ingest::{self, Expected, Staged, StagedDir};
+use crate::ingest;
 use crate::input::Input;
 use crate::reference::Reference;
-use crate::verify;
 
 use super::cloud::PullOutcome;
 use super::config::check_files;
@@ -35,8 +33,8 @@ use super::import::{
     check_name, check_pinned, describe, is_oci_archive, open_inputs, same_reference, sniff,
     Content, SNIFF,
 };
+use super::oci_layer::{Layer, LayerFrom, Prepared, Stored};
 use super::oci_layout::{read_layout, unpack_layout_archive};
-use super::publish::Reusable;
 use super::remove::{boxed, unbox};
 use super::{Error, Kind, Store};
 
@@ -55,64 +53,6 @@ pub enum OciSource {
     },
     /// A tar of an OCI image layout (`oci-archive`).
     Archive(PathBuf),
-}
-
-/// Where one layer's compressed bytes come from.
-pub(super) enum LayerFrom<'a> {
-    Registry {
-        client: &'a Client,
-        host: &'a str,
-        repository: &'a str,
-        desc: Descriptor,
-    },
-    /// A user's layer tar, already read once into the store's `temp/` (hashed on the way).
-    Staged {
-        /// The file as the user named it.
-        name: String,
-        /// The copy.
-        staged: ingest::Staged,
-    },
-    /// A blob of an OCI layout: read only if the store lacks the layer, and checked against
-    /// the manifest's digest and size while it is read.
-    LayoutBlob { path: PathBuf, size: u64 },
-}
-
-impl LayerFrom<'_> {
-    /// The layer's source for messages.
-    fn label(&self, digest: &Digest) -> String {
-        match self {
-            LayerFrom::Registry { .. } => format!("layer {digest}"),
-            LayerFrom::Staged { name, .. } => name.clone(),
-            LayerFrom::LayoutBlob { path, .. } => path.display().to_string(),
-        }
-    }
-}
-
-pub(super) struct Layer<'a> {
-    pub(super) digest: Digest,
-    pub(super) from: LayerFrom<'a>,
-}
-
-/// What one stored layer provides.
-#[derive(Clone, Copy)]
-struct Stored {
-    sums: Sums,
-    kernel: Option<Sums>,
-    initrd: Option<Sums>,
-}
-
-/// A layer ready to publish: already in the store (`reuse`), or converted into a held temp dir.
-struct Prepared {
-    stored: Stored,
-    staged: Option<Converted>,
-    reuse: Option<Reusable>,
-}
-
-/// A converted layer, staged by ingest in its held temp dir (dropping it removes everything).
-struct Converted {
-    blob: Staged,
-    boot: StagedDir,
-    _work: TempDir,
 }
 
 impl Store {
@@ -189,12 +129,14 @@ impl Store {
         }
     }
 
-    /// Import opened sources as an OCI image: one oci-archive, or layer tars in order. Each is
-    /// read once, into the store's `temp/`, before any lock is taken.
+    /// Import opened sources as an OCI image: one oci-archive, or layer tars in order. Each
+    /// layer tar is read once, as a stream, straight into its EROFS image (before any lock: its
+    /// digest names it). Only a plain tar that starts like an oci-archive is copied into the
+    /// store's `temp/` first (its blobs are read in the order its index names them).
     pub(super) fn import_oci_inputs(
         &self,
         name: &str,
-        inputs: Vec<Input>,
+        mut inputs: Vec<Input>,
     ) -> Result<PullOutcome, Error> {
         check_name(name)?;
         if inputs.is_empty() {
@@ -207,8 +149,13 @@ impl Store {
         let label = format!("importing {key}");
         let total: Option<u64> = inputs.iter().map(Input::size).sum();
         let done = AtomicU64::new(0);
-        let mut staged = Vec::with_capacity(inputs.len());
-        for mut input in inputs {
+        let progress = |n: u64| {
+            let d = done.fetch_add(n, Ordering::Relaxed) + n;
+            self.progress(&label, d, total);
+        };
+        let mut names = Vec::with_capacity(inputs.len());
+        let mut archive_like = false;
+        for input in &mut inputs {
             let source_name = input.name().to_owned();
             let head = input.peek(SNIFF)?;
             let Content::Tar(compression) = sniff(head) else {
@@ -217,42 +164,94 @@ impl Store {
                     found: describe(head),
                 });
             };
-            let base = done.load(Ordering::Relaxed);
+            archive_like = compression == Compression::None && may_be_oci_archive(head);
+            names.push(source_name);
+        }
+        if let ([input], true) = (&mut inputs[..], archive_like) {
+            let source_name = names[0].clone();
             let copy = ingest::stage_scratch(
                 &b.temp_dir(),
-                &mut input,
+                input,
                 &source_name,
                 &ingest::Expected::default(),
-                &|n| {
-                    done.store(base + n, Ordering::Relaxed);
-                    self.progress(&label, base + n, total);
-                },
+                &|n| self.progress(&label, n, total),
             )?;
-            staged.push((source_name, compression, copy));
-        }
-        if let [(source_name, Compression::None, copy)] = &staged[..] {
             if is_oci_archive(copy.temp.path()) {
                 let dir = TempDir::create_in(&b.temp_dir(), "archive")?;
-                unpack_layout_archive(copy.temp.path(), source_name, dir.path())?;
+                unpack_layout_archive(copy.temp.path(), &source_name, dir.path())?;
                 let (id, layers) =
-                    read_layout(dir.path(), source_name, None, &self.opts.registry.platform)?;
+                    read_layout(dir.path(), &source_name, None, &self.opts.registry.platform)?;
                 check_pinned(name, &id)?;
                 return self.store_oci(&key, id, &layers);
             }
+            // A layer whose first entries look like a layout's: convert the copy (its second
+            // and last read; the input itself was read once).
+            let mut copy_input = Input::open(copy.temp.path())?;
+            let (digest, size, converted) = self.convert_input(&mut copy_input, &|_| {})?;
+            return self.import_converted(name, &key, vec![(source_name, digest, size, converted)]);
         }
-        let mut layers = Vec::with_capacity(staged.len());
-        let mut descs = Vec::with_capacity(staged.len());
-        for (source_name, _, copy) in staged {
+        let converted = self.convert_inputs(inputs, &progress)?;
+        let with_names = names
+            .into_iter()
+            .zip(converted)
+            .map(|(n, (d, s, c))| (n, d, s, c))
+            .collect();
+        self.import_converted(name, &key, with_names)
+    }
+
+    /// Convert layer inputs, up to `layer_jobs` at a time; results in input order.
+    fn convert_inputs(
+        &self,
+        inputs: Vec<Input>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<(Digest, u64, super::oci_layer::Converted)>, Error> {
+        let n = inputs.len();
+        let queue = Mutex::new(inputs.into_iter().enumerate());
+        let results: Mutex<Vec<Option<Result<_, Error>>>> =
+            Mutex::new((0..n).map(|_| None).collect());
+        std::thread::scope(|s| {
+            for _ in 0..self.opts.layer_jobs.clamp(1, n.max(1)) {
+                s.spawn(|| loop {
+                    let Some((i, mut input)) = queue.lock().next() else {
+                        break;
+                    };
+                    let r = self.convert_input(&mut input, progress);
+                    let failed = r.is_err();
+                    results.lock()[i] = Some(r);
+                    if failed {
+                        // Stop handing out inputs; those in flight finish on their own.
+                        queue.lock().by_ref().for_each(drop);
+                    }
+                });
+            }
+        });
+        let mut out = Vec::with_capacity(n);
+        for r in results.into_inner().into_iter().flatten() {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    /// Store layers converted from the user's files, in order, under `name`.
+    fn import_converted(
+        &self,
+        name: &str,
+        key: &str,
+        converted: Vec<(String, Digest, u64, super::oci_layer::Converted)>,
+    ) -> Result<PullOutcome, Error> {
+        let mut layers = Vec::with_capacity(converted.len());
+        let mut descs = Vec::with_capacity(converted.len());
+        for (source_name, digest, size, c) in converted {
             descs.push(serde_json::json!({
                 "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                "digest": copy.sums.sha256.to_string(),
-                "size": copy.sums.size,
+                "digest": digest.to_string(),
+                "size": size,
             }));
             layers.push(Layer {
-                digest: copy.sums.sha256,
-                from: LayerFrom::Staged {
+                digest,
+                from: LayerFrom::Converted {
                     name: source_name,
-                    staged: copy,
+                    done: Mutex::new(Some(Box::new(c))),
                 },
             });
         }
@@ -264,7 +263,7 @@ impl Store {
         });
         let id = Digest::sha256_of(manifest.to_string().as_bytes());
         check_pinned(name, &id)?;
-        self.store_oci(&key, id, &layers)
+        self.store_oci(key, id, &layers)
     }
 
     fn already_stored(&self, key: &str, id: &Digest) -> Result<Option<PullOutcome>, Error> {
@@ -357,7 +356,7 @@ impl Store {
             .iter()
             .map(|&i| match &layers[i].from {
                 LayerFrom::Registry { desc, .. } => desc.size,
-                LayerFrom::Staged { .. } | LayerFrom::LayoutBlob { .. } => 0,
+                LayerFrom::Converted { .. } | LayerFrom::LayoutBlob { .. } => 0,
             })
             .sum();
         let done = AtomicU64::new(0);
@@ -444,6 +443,27 @@ impl Store {
     }
 }
 
+/// Whether a plain tar's first entries are those of an oci-archive (`oci-layout`, `index.json`,
+/// `blobs/`) rather than a layer's.
+fn may_be_oci_archive(head: &[u8]) -> bool {
+    let mut a = tar::Archive::new(head);
+    let Ok(entries) = a.entries() else {
+        return false;
+    };
+    for e in entries.take(16) {
+        let Ok(e) = e else { break };
+        let path = e.path_bytes();
+        let first = path
+            .split(|&b| b == b'/')
+            .find(|c| !c.is_empty() && *c != b".")
+            .unwrap_or_default();
+        if matches!(first, b"oci-layout" | b"index.json" | b"blobs") {
+            return true;
+        }
+    }
+    false
+}
+
 /// The index key of an oci image imported as `name`: its canonical reference when it is one.
 fn oci_key(name: &str) -> String {
     Reference::parse(name).map_or_else(|_| name.to_owned(), |r| r.canonical())
@@ -493,136 +513,4 @@ fn oci_entry(
         extra: serde_json::Map::new(),
     };
     Ok(entry)
-}
-
-impl Store {
-    /// Layer sums recorded by any oci entry, to reuse stored blobs without re-hashing them.
-    fn recorded_layer_sums(&self) -> Result<std::collections::HashMap<Digest, Sums>, Error> {
-        let w = self.on_wait();
-        let idx = self.oci_db().read(self.opts.lock_wait, &w)?;
-        Ok(idx
-            .entries()
-            .flat_map(|(_, e)| e.layers.iter())
-            .filter_map(|l| l.blob.map(|s| (l.digest, s)))
-            .collect())
-    }
-
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one layer read top to bottom; the EROFS-writer rework of this step splits it"
-    )]
-    fn store_layer(
-        &self,
-        layer: &Layer<'_>,
-        recorded: &std::collections::HashMap<Digest, Sums>,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<Prepared, Error> {
-        let b = self.layout.backend(Kind::Oci);
-        let file_sums = |p: PathBuf| -> Result<Option<Sums>, Error> {
-            if p.exists() {
-                Ok(Some(verify::sums_of_file(&p)?))
-            } else {
-                Ok(None)
-            }
-        };
-        if let Some(reuse) = self.usable_blob(
-            Kind::Oci,
-            &layer.digest,
-            recorded.get(&layer.digest).copied(),
-        )? {
-            return Ok(Prepared {
-                stored: Stored {
-                    sums: reuse.sums,
-                    kernel: file_sums(b.kernel_path(&layer.digest))?,
-                    initrd: file_sums(b.initrd_path(&layer.digest))?,
-                },
-                staged: None,
-                reuse: Some(reuse),
-            });
-        }
-        // Everything for this layer happens in one held temp dir: GC leaves it alone while we
-        // live, and dropping it cleans up whatever was not published.
-        let work = TempDir::create_in(&b.temp_dir(), "layer")?;
-        let fetched;
-        let src: &Path = match &layer.from {
-            LayerFrom::Staged { staged, .. } => staged.temp.path(),
-            LayerFrom::LayoutBlob { path, size } => {
-                let mut input = Input::open(path)?;
-                let name = path.display().to_string();
-                let expected = ingest::Expected {
-                    digest: Some(layer.digest),
-                    size: Some(*size),
-                    max_size: None,
-                };
-                // `stage` reports a running total; the layer progress adds increments.
-                let last = AtomicU64::new(0);
-                fetched = ingest::stage_scratch(work.path(), &mut input, &name, &expected, &|n| {
-                    progress(n.saturating_sub(last.swap(n, Ordering::Relaxed)));
-                })?
-                .temp;
-                fetched.path()
-            }
-            LayerFrom::Registry {
-                client,
-                host,
-                repository,
-                desc,
-            } => {
-                let last = AtomicU64::new(0);
-                fetched = client.fetch_blob(
-                    host,
-                    repository,
-                    desc,
-                    || {
-                        last.store(0, Ordering::Relaxed);
-                        TempFile::create_in(work.path(), "blob")
-                            .map_err(|e| std::io::Error::other(e.to_string()))
-                    },
-                    |n| {
-                        let prev = last.swap(n, Ordering::Relaxed);
-                        progress(n.saturating_sub(prev));
-                    },
-                )?;
-                fetched.path()
-            }
-        };
-        let blob = work.path().join("layer.erofs");
-        let boot = work.path().join("boot");
-        if !super::native::adopt(layer, src, &blob, &boot)? {
-            let source_name = layer.from.label(&layer.digest);
-            erofs::convert_layer(src, &layer.digest, work.path(), &blob, &boot).map_err(
-                |source| Error::LayerFrom {
-                    source_name,
-                    source,
-                },
-            )?;
-        }
-        // mkfs.erofs wrote the image out of order (superblock last): ingest hashes it now.
-        let what = format!("layer {} (EROFS)", layer.digest);
-        let blob =
-            ingest::stage_filled(TempFile::adopt(blob)?, &what, &Expected::default(), &|_| {})?;
-        let boot = ingest::stage_dir(&boot)?;
-        // The boot dir is named like the published one: the same file names inside.
-        let in_boot = |published: PathBuf| {
-            published
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| boot.files.get(n))
-                .copied()
-        };
-        let stored = Stored {
-            sums: blob.sums,
-            kernel: in_boot(b.kernel_path(&layer.digest)),
-            initrd: in_boot(b.initrd_path(&layer.digest)),
-        };
-        Ok(Prepared {
-            stored,
-            staged: Some(Converted {
-                blob,
-                boot,
-                _work: work,
-            }),
-            reuse: None,
-        })
-    }
 }

@@ -14,7 +14,7 @@ use crate::backend::oci::registry::{Error as RegistryError, Platform};
 use crate::digest::Digest;
 use crate::fsutil;
 
-use super::oci::{Layer, LayerFrom};
+use super::oci_layer::{Layer, LayerFrom};
 use super::{io_err, Error};
 
 /// Read at most `limit` bytes of `path` (a document of the layout).

@@ -74,6 +74,7 @@ say "var/cache=$(echo $(ls -A /merged/var/cache))"
 say "whiteout names visible=$(find /merged -name '.wh.*' | wc -l)"
 for p in srv/owned srv/data usr/bin/tool; do say "stat $p $(stat -c '%u:%g %a %F' /merged/$p)"; done
 say "kernel in its layer=$(stat -c %s /merged/boot/vmlinuz)"
+say "device node=$(stat -c '%F %t:%T %a' /merged/srv/disk)"
 "#;
 
 /// The test image: a base with owned files, a boot layer with the real kernel and an initrd
@@ -92,6 +93,8 @@ fn guest_image(work: &Path) -> ImageBuilder {
         .dir("usr")
         .dir("usr/bin")
         .file_mode("usr/bin/tool", "#!/bin/sh\n", 0o755)
+        // Only the in-process writer keeps device nodes (the mkfs.erofs path dropped them).
+        .device("srv/disk", true, 8, 1, 0o640)
         .dir("var")
         .dir("var/cache")
         .file("var/cache/a", "hidden by the opaque dir of the top layer\n")
@@ -155,6 +158,9 @@ fn assert_guest_saw_the_image(run: &GuestRun) {
     run.assert_said("top layer whiteout=character special file 0:0");
     let kernel_size = fs::metadata(kernel()).expect("stat kernel").len();
     run.assert_said(&format!("kernel in its layer={kernel_size}"));
+    // The layers are the in-process writer's images (a device node survives; busybox prints
+    // major:minor in hex).
+    run.assert_said("device node=block special file 8:1 640");
 }
 
 /// A three-layer OCI image with a real kernel and initrd, pulled from a real registry, boots

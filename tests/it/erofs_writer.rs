@@ -4,7 +4,7 @@
 //! entry with the tar it came from, and with the crate's own reader.
 
 mod hostile;
-mod kit;
+pub(crate) mod kit;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -37,6 +37,7 @@ mod range_server;
 mod reference;
 mod registry;
 mod registry_server;
+mod rootless;
 mod support;
 mod verify;
 mod verify_legacy;

@@ -547,8 +547,9 @@ fn has_partial_download(dir: &Path) -> bool {
     false
 }
 
-/// The big layer is a plain tar of zeros written straight into the layout (no 100 MiB buffers
-/// in memory), so the download lasts long enough to be interrupted.
+/// The big layer is a plain tar of one non-zero file written straight into the layout (no
+/// 100 MiB buffers in memory), so the download lasts long enough to be interrupted, and the
+/// image the converter streams into `oci/temp` grows while it runs (zeros would be holes).
 fn push_with_huge_layer(reg: &TestRegistry, dir: &Path, repository: &str, mib: u64) {
     let mut layout = OciLayout::create(dir);
     let built = layout.add_image("tmp", &sample());
@@ -559,8 +560,11 @@ fn push_with_huge_layer(reg: &TestRegistry, dir: &Path, repository: &str, mib: u
         let mut h = tar::Header::new_gnu();
         h.set_size(mib << 20);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, "opt/huge", std::io::repeat(0).take(mib << 20))
+        b.append_data(&mut h, "opt/huge", std::io::repeat(0x5a).take(mib << 20))
             .unwrap();
         b.into_inner().unwrap().flush().unwrap();
     }
@@ -1058,10 +1062,13 @@ fn pull_until_downloading(env: &Env, r: &str) -> std::process::Child {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !has_partial_download(&temp) {
         assert!(Instant::now() < deadline, "no download started");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "pull ended before the download started"
-        );
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "pull ended before the download started: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
     child

@@ -44,6 +44,12 @@ enum Entry {
     Hardlink {
         target: String,
     },
+    Device {
+        block: bool,
+        major: u32,
+        minor: u32,
+        mode: u32,
+    },
 }
 
 /// The entries of one layer tar, in the order given.
@@ -140,6 +146,20 @@ impl LayerBuilder {
         self
     }
 
+    /// A block (`block`) or character device node, root-owned.
+    pub fn device(mut self, path: &str, block: bool, major: u32, minor: u32, mode: u32) -> Self {
+        self.entries.push((
+            path.to_owned(),
+            Entry::Device {
+                block,
+                major,
+                minor,
+                mode,
+            },
+        ));
+        self
+    }
+
     /// An OCI whiteout deleting `path` of a lower layer (`dir/.wh.name`).
     pub fn whiteout(self, path: &str) -> Self {
         let (dir, name) = match path.rsplit_once('/') {
@@ -189,6 +209,25 @@ impl LayerBuilder {
                     builder
                         .append_data(&mut header, path, &contents[..])
                         .expect("append file to in-memory tar");
+                }
+                Entry::Device {
+                    block,
+                    major,
+                    minor,
+                    mode,
+                } => {
+                    header.set_entry_type(if *block {
+                        tar::EntryType::Block
+                    } else {
+                        tar::EntryType::Char
+                    });
+                    header.set_mode(*mode);
+                    header.set_size(0);
+                    header.set_device_major(*major).expect("device major");
+                    header.set_device_minor(*minor).expect("device minor");
+                    builder
+                        .append_data(&mut header, path, &[][..])
+                        .expect("append device to in-memory tar");
                 }
                 Entry::Symlink { target } | Entry::Hardlink { target } => {
                     let kind = if matches!(entry, Entry::Symlink { .. }) {

@@ -99,8 +99,8 @@ fn trim_zeros(digits: &[u8]) -> &[u8] {
     &digits[first..]
 }
 
-/// Boot-file candidates seen so far in one layer. Entries later in the tar can replace or white
-/// out an earlier candidate, so candidates are kept until the end and the winner is picked then.
+/// Boot-file candidates of one layer: the regular files at boot-file paths of its final tree
+/// (later entries and whiteouts already applied); the winner is picked at the end.
 #[derive(Debug, Default)]
 pub struct Candidates {
     kernels: BTreeSet<PathBuf>,
@@ -117,12 +117,6 @@ impl Candidates {
             BootKind::Initrd => self.initrds.insert(path.to_path_buf()),
         };
         Some(kind)
-    }
-
-    /// Forget candidates at or under `path`: something else now lives there.
-    pub fn remove_under(&mut self, path: &Path) {
-        self.kernels.retain(|p| !p.starts_with(path));
-        self.initrds.retain(|p| !p.starts_with(path));
     }
 
     /// The winners: for each kind, the greatest file name in [`version_cmp`] order (ties, i.e.
@@ -188,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn picks_greatest_and_honours_removal() {
+    fn picks_greatest() {
         let mut c = Candidates::default();
         for p in [
             "boot/vmlinuz-6.9",
@@ -205,14 +199,5 @@ mod tests {
             got.initrd.as_deref(),
             Some(Path::new("boot/initrd.img-6.9"))
         );
-        c.remove_under(Path::new("boot/vmlinuz-6.10"));
-        assert_eq!(
-            c.finish().kernel.as_deref(),
-            Some(Path::new("boot/vmlinuz-6.9"))
-        );
-        c.remove_under(Path::new("boot"));
-        let got = c.finish();
-        assert_eq!(got.kernel.as_deref(), Some(Path::new("vmlinuz-5.0")));
-        assert_eq!(got.initrd, None);
     }
 }

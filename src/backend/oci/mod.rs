@@ -1,7 +1,7 @@
-//! OCI images: registry client, layer to EROFS conversion, boot files.
+//! OCI images: registry client, layer to EROFS conversion (in process), boot files.
 
 pub mod boot;
-pub mod erofs;
+pub mod layer;
 pub mod native;
+pub mod pipe;
 pub mod registry;
-pub mod unpack;

@@ -50,6 +50,7 @@ use parking_lot::Mutex;
 use crate::digest::{Algorithm, Digest};
 
 pub use auth::Credentials;
+pub(crate) use blob::Hasher;
 pub use manifest::{Descriptor, Manifest, Platform};
 pub use mirrors::{Registries, RegistriesConf};
 #[cfg(feature = "unstable")]

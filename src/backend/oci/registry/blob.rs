@@ -17,13 +17,13 @@ use super::{Client, Error};
 const READ_BUF: usize = 256 << 10;
 
 /// Sha256 or sha512, whichever a descriptor names.
-pub(super) enum Hasher {
+pub(crate) enum Hasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
 }
 
 impl Hasher {
-    pub(super) fn new(algorithm: Algorithm) -> Option<Self> {
+    pub(crate) fn new(algorithm: Algorithm) -> Option<Self> {
         match algorithm {
             Algorithm::Sha256 => Some(Self::Sha256(sha2::Sha256::new())),
             Algorithm::Sha512 => Some(Self::Sha512(sha2::Sha512::new())),
@@ -31,14 +31,14 @@ impl Hasher {
         }
     }
 
-    pub(super) fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Self::Sha256(h) => h.update(data),
             Self::Sha512(h) => h.update(data),
         }
     }
 
-    pub(super) fn finish(self) -> Digest {
+    pub(crate) fn finish(self) -> Digest {
         match self {
             Self::Sha256(h) => Digest::sha256(h.finalize().into()),
             Self::Sha512(h) => Digest::from_bytes(Algorithm::Sha512, &h.finalize())
