@@ -35,13 +35,17 @@ pub struct Cache {
 type Map = memmap2::Mmap;
 
 #[allow(unsafe_code)]
-fn map_cache(file: &File) -> io::Result<Map> {
+fn map_cache(file: &File, len: u64) -> io::Result<Map> {
     // SAFETY: a shared read-only map is undefined behaviour only if the file changes while the
     // map is alive. Only a store writer creates `images.idx`: it writes a temp file, fsyncs it,
     // makes it 0444 and renames it into place, and never opens a published cache for writing;
     // a replacement is a new inode, so this map keeps the old, unchanging one. The map never
     // leaves `Cache`, and every read of it is bounds-checked and checksummed first.
-    unsafe { memmap2::MmapOptions::new().map(file) }
+    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }?;
+    // A lookup touches a handful of scattered pages: no read-around.
+    let _ = map.advise(memmap2::Advice::Random);
+    Ok(map)
 }
 
 /// Why a cache is not used, as an [`Error::Rejected`].
@@ -82,7 +86,7 @@ impl Cache {
         if len < format::HEADER_LEN as u64 {
             return Err(reject(cache, "shorter than its header"));
         }
-        let map = map_cache(&file).map_err(io("mapping index cache", cache))?;
+        let map = map_cache(&file, len).map_err(io("mapping index cache", cache))?;
         let header = Header::decode(&map, len).map_err(|r| reject(cache, r))?;
         let want_kind = match kind {
             Kind::Oci => 0,
