@@ -340,7 +340,20 @@ impl FromStr for Digest {
 
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        // On the stack: `list` serializes one per key, and `collect_str` would format
+        // through a `String` each time.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 8 + 128];
+        let name = self.algorithm.name().as_bytes();
+        buf[..name.len()].copy_from_slice(name);
+        buf[name.len()] = b':';
+        let mut n = name.len() + 1;
+        for b in self.as_bytes() {
+            buf[n] = HEX[usize::from(b >> 4)];
+            buf[n + 1] = HEX[usize::from(b & 0xf)];
+            n += 2;
+        }
+        s.serialize_str(std::str::from_utf8(&buf[..n]).map_err(serde::ser::Error::custom)?)
     }
 }
 

@@ -163,7 +163,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    progress::install_interrupt_cleanup();
+    // The read verbs skip the signal thread: starting it is a large share of a `config`
+    // (the boot path). A read killed while rebuilding a lookup cache leaves at most one temp
+    // file in `db/`, which the next writer of that index removes.
+    if !cli.command.read_only() {
+        progress::install_interrupt_cleanup();
+    }
     match run(&cli) {
         Ok(code) => code,
         // A reader that stops early (`| head`) is a normal end: nothing more to say.
@@ -288,6 +293,16 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             record,
         } => cmd::verify::run(cli, ids, *sha256, *record),
         Command::Gc { dry_run, grace } => cmd::gc::run(cli, *dry_run, *grace),
+    }
+}
+
+impl Command {
+    /// Whether the command only reads the store (it writes at most a lookup cache).
+    fn read_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Ref { .. } | Command::List | Command::Inspect { .. } | Command::Config { .. }
+        )
     }
 }
 

@@ -29,6 +29,33 @@ pub fn emit(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
     }
 }
 
+/// [`emit`] for a writer that also fails for other reasons (a store error mid-way): a closed
+/// stdout found anywhere in the error's chain is still [`StdoutClosed`].
+pub fn emit_any(f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match f(&mut out).and_then(|()| out.flush().map_err(anyhow::Error::from)) {
+        Ok(()) => Ok(()),
+        Err(e) if broken_pipe(&e) => {
+            let _ = out.into_parts();
+            Err(StdoutClosed.into())
+        }
+        Err(e) => {
+            // Nothing a failed closure wrote is printed after its error.
+            let _ = out.into_parts();
+            Err(e)
+        }
+    }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .map(io::Error::kind)
+            .or_else(|| c.downcast_ref::<serde_json::Error>()?.io_error_kind())
+            == Some(io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Print `value` as pretty JSON followed by a newline.
 pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<()> {
     emit(|out| {

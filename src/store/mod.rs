@@ -43,7 +43,7 @@ pub use oci::OciSource;
 pub use open::{OnWait, Progress, StoreOptions};
 pub use push::{PushOptions, PushOutcome, PushedBlob, DEFAULT_PART_SIZE, EROFS_LAYER};
 pub use remove::Removed;
-pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, Snapshot};
+pub use snapshot::{BlobInfo, Found, ImageInfo, ListEntry, ListRow, Snapshot};
 pub use verify::{Status, VerifyEntry, VerifyOptions};
 
 /// Make every cloud image download in flight durable as far as it got and write its resume

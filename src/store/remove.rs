@@ -37,10 +37,27 @@ impl Store {
             .update(self.opts.lock_wait, &w, |oci| {
                 cloud_db
                     .update(self.opts.lock_wait, &w, |cloud| {
-                        let snap = Snapshot::build(oci.clone(), cloud.clone());
+                        // The caches, when current, describe exactly the files just loaded:
+                        // only an imgstore writer or a rebuilding reader writes a cache, each
+                        // under the index lock held here, and a file cocoon replaced since has
+                        // no cache. Without them, one snapshot of the loaded indexes.
+                        let caches = self.caches();
+                        let mut snap: Option<Snapshot> = None;
                         let mut plan: Vec<(Kind, Digest, Vec<String>)> = Vec::new();
                         for q in queries {
-                            let f = snap.find(q).map_err(boxed)?;
+                            let hit = match &caches {
+                                Some(c) => Self::find_cached(c, q).map_err(boxed)?,
+                                None => None,
+                            };
+                            let f = match hit {
+                                Some(f) => f,
+                                None => snap
+                                    .get_or_insert_with(|| {
+                                        Snapshot::build(oci.clone(), cloud.clone())
+                                    })
+                                    .find(q)
+                                    .map_err(boxed)?,
+                            };
                             // Named by a name (or its canonical form): remove that name. Named by
                             // digest or prefix: remove every name of the image.
                             let wanted = canonical_of(q);

@@ -1,4 +1,4 @@
-//! Resolution for the read verbs (`config`, `inspect`, `verify ID`): through the lookup caches
+//! Resolution for `config`, `inspect`, `verify ID` and `rm`: through the lookup caches
 //! (`db/images.idx`, see `crate::index::cache`) when both are fresh, else through the JSON.
 //!
 //! Both paths give the same answer: the cache's tables are checked against the index file they
@@ -67,6 +67,25 @@ impl Store {
             }
         }
         Some(out)
+    }
+
+    /// Resolve `query` to its image and names through `caches`, without reading its entry
+    /// (`rm`); `Ok(None)` when a cache turns out unusable.
+    pub(super) fn find_cached(caches: &[Arc<Cache>], query: &str) -> Result<Option<Found>, Error> {
+        let refs: Vec<&Cache> = caches.iter().map(AsRef::as_ref).collect();
+        let canonical = canonical_of(query);
+        match cache::resolve(&refs, query, canonical.as_deref()) {
+            Ok(Ok(r)) => Ok(Some(Found {
+                kind: r.kind,
+                id: r.id,
+                keys: r.keys,
+            })),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => {
+                tracing::debug!("{e}");
+                Ok(None)
+            }
+        }
     }
 
     /// Resolve `query` through `caches`; `Ok(None)` when a cache turns out unusable.

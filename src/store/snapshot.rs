@@ -29,6 +29,23 @@ pub struct ListEntry {
     pub created_at: String,
 }
 
+/// One row of [`Store::list_with`], borrowed from the index or its cache; serializes as
+/// [`ListEntry`] does.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ListRow<'a> {
+    /// Image ID (manifest digest or content sum).
+    pub id: Digest,
+    /// The index key.
+    pub name: &'a str,
+    /// Backend.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Bytes stored.
+    pub size: u64,
+    /// When it was stored (RFC 3339).
+    pub created_at: &'a str,
+}
+
 /// A stored file of an image.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct BlobInfo {
@@ -201,31 +218,75 @@ impl Store {
     /// # Errors
     /// A corrupt index, or a lock timeout.
     pub fn list(&self) -> Result<Vec<ListEntry>, Error> {
+        let mut out = Vec::new();
+        self.list_with(|r| {
+            out.push(ListEntry {
+                id: r.id,
+                name: r.name.to_owned(),
+                kind: r.kind,
+                size: r.size,
+                created_at: r.created_at.to_owned(),
+            });
+            Ok::<(), Error>(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`Store::list`] as a stream of borrowed rows, for a caller that prints them: read from
+    /// the lookup caches when they are fresh (no per-key allocation), else from the JSON. Rows
+    /// are handed out only once the whole answer is read and checked, so `f` sees all or none.
+    ///
+    /// # Errors
+    /// A corrupt index, a lock timeout, or the first error of `f`.
+    pub fn list_with<E: From<Error>>(
+        &self,
+        mut f: impl FnMut(ListRow<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         if let Some(caches) = self.caches() {
-            if let Some(out) = list_cached(&caches) {
-                return Ok(out);
+            let all: Option<Vec<_>> = caches
+                .iter()
+                .map(|c| {
+                    c.rows_ref()
+                        .map(|rows| (c.kind(), rows))
+                        .map_err(|e| tracing::debug!("{e}"))
+                        .ok()
+                })
+                .collect();
+            if let Some(all) = all {
+                for (kind, rows) in all {
+                    for r in rows {
+                        f(ListRow {
+                            id: r.id,
+                            name: r.key,
+                            kind,
+                            size: r.size,
+                            created_at: r.created_at,
+                        })?;
+                    }
+                }
+                return Ok(());
             }
         }
         let snap = self.snapshot()?;
-        let mut out: Vec<ListEntry> = snap
-            .oci
-            .entries()
-            .map(|(k, e)| ListEntry {
+        for (k, e) in snap.oci.entries() {
+            f(ListRow {
                 id: e.id(),
-                name: k.to_owned(),
+                name: k,
                 kind: Kind::Oci,
                 size: e.size,
-                created_at: e.created_at.clone(),
-            })
-            .collect();
-        out.extend(snap.cloud.entries().map(|(k, e)| ListEntry {
-            id: e.id(),
-            name: k.to_owned(),
-            kind: Kind::CloudImg,
-            size: e.size,
-            created_at: e.created_at.clone(),
-        }));
-        Ok(out)
+                created_at: &e.created_at,
+            })?;
+        }
+        for (k, e) in snap.cloud.entries() {
+            f(ListRow {
+                id: e.id(),
+                name: k,
+                kind: Kind::CloudImg,
+                size: e.size,
+                created_at: &e.created_at,
+            })?;
+        }
+        Ok(())
     }
 
     /// Resolve `query` and describe the image.
@@ -310,21 +371,6 @@ impl Store {
 }
 
 /// `list` from both caches; `None` if one turns out unusable (the caller reads the JSON).
-fn list_cached(caches: &[std::sync::Arc<crate::index::cache::Cache>]) -> Option<Vec<ListEntry>> {
-    let mut out = Vec::new();
-    for c in caches {
-        let rows = c.rows().map_err(|e| tracing::debug!("{e}")).ok()?;
-        out.extend(rows.into_iter().map(|r| ListEntry {
-            id: r.id,
-            name: r.key,
-            kind: c.kind(),
-            size: r.size,
-            created_at: r.created_at,
-        }));
-    }
-    Some(out)
-}
-
 /// The stored files of an entry, with their paths.
 fn blobs_of(b: &BackendLayout, e: &impl Entry) -> Vec<BlobInfo> {
     e.files()

@@ -180,9 +180,9 @@ impl Store {
         opts: &VerifyOptions,
     ) -> Result<Vec<VerifyEntry>, Error> {
         let VerifyOptions { algorithm, record } = *opts;
-        let snap = self.snapshot()?;
         let mut infos: Vec<ImageInfo> = Vec::new();
         if queries.is_empty() {
+            let snap = self.snapshot()?;
             let mut seen = std::collections::HashSet::new();
             for item in snap.lookup().items() {
                 if seen.insert((item.kind, item.id)) {
@@ -191,6 +191,7 @@ impl Store {
                 }
             }
         } else {
+            // Named images resolve as `config` does: through the caches when they are fresh.
             for (f, e) in self.resolve_all(queries)? {
                 infos.push(self.describe_entry(f.keys, &e));
             }

@@ -222,7 +222,10 @@ fn answers_equal_the_json_path() {
     let rows = caches[0].rows().unwrap();
     assert_eq!(rows.len(), oci.entries().count());
     for (row, (k, e)) in rows.iter().zip(oci.entries()) {
-        assert_eq!((row.key.as_str(), row.id, row.size), (k, e.id(), e.size));
+        assert_eq!(
+            (row.key.as_str(), row.id, row.size, row.created_at.as_str()),
+            (k, e.id(), e.size, e.created_at.as_str())
+        );
     }
 }
 

@@ -35,13 +35,17 @@ pub struct Cache {
 type Map = memmap2::Mmap;
 
 #[allow(unsafe_code)]
-fn map_cache(file: &File) -> io::Result<Map> {
+fn map_cache(file: &File, len: u64) -> io::Result<Map> {
     // SAFETY: a shared read-only map is undefined behaviour only if the file changes while the
     // map is alive. Only a store writer creates `images.idx`: it writes a temp file, fsyncs it,
     // makes it 0444 and renames it into place, and never opens a published cache for writing;
     // a replacement is a new inode, so this map keeps the old, unchanging one. The map never
     // leaves `Cache`, and every read of it is bounds-checked and checksummed first.
-    unsafe { memmap2::MmapOptions::new().map(file) }
+    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }?;
+    // A lookup touches a handful of scattered pages: no read-around.
+    let _ = map.advise(memmap2::Advice::Random);
+    Ok(map)
 }
 
 /// Why a cache is not used, as an [`Error::Rejected`].
@@ -82,7 +86,7 @@ impl Cache {
         if len < format::HEADER_LEN as u64 {
             return Err(reject(cache, "shorter than its header"));
         }
-        let map = map_cache(&file).map_err(io("mapping index cache", cache))?;
+        let map = map_cache(&file, len).map_err(io("mapping index cache", cache))?;
         let header = Header::decode(&map, len).map_err(|r| reject(cache, r))?;
         let want_kind = match kind {
             Kind::Oci => 0,
@@ -249,8 +253,6 @@ impl Cache {
         Ok(ItemRec {
             key: self.string(u32_at(r, 0), u32_at(r, 4))?,
             image: u32_at(r, 8),
-            created_at: self.string(u32_at(r, 12), u32_at(r, 16))?,
-            size: u64_at(r, 24),
             val_off: u64_at(r, 32),
             val_len: u32_at(r, 40),
         })
@@ -400,24 +402,82 @@ impl Cache {
         Ok(e)
     }
 
-    /// Every key with its ID, size and creation time, in key order (for `list`). Reads and
-    /// verifies the whole cache.
+    /// Every key with its ID, size and creation time, in key order, borrowed from the map (for
+    /// `list`: no allocation per key). Every block read is verified (the item, image and
+    /// string tables; not the hash and prefix tables `list` does not need) before anything is
+    /// returned, so the answer is every row or an error, never a part.
+    pub fn rows_ref(&self) -> Result<Vec<RowRef<'_>>, Error> {
+        // Read straight through, with read-around, instead of page by page.
+        let _ = self.map.advise(memmap2::Advice::Sequential);
+        // Each table in one piece: its blocks are verified in one pass, and the records are
+        // cut from the slices without a bounds-and-checksum check per field.
+        let n_items = u64::from(self.header.n_items);
+        let items = self.get(Sec::Items, 0, n_items * ITEM_LEN as u64)?;
+        let images = self.get(
+            Sec::Images,
+            0,
+            u64::from(self.header.n_images) * IMAGE_LEN as u64,
+        )?;
+        let strings = self.get(Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
+        // Valid as a whole, so each string is valid if it starts and ends on a char boundary.
+        let strings = std::str::from_utf8(strings).map_err(|_| self.bad("string is not UTF-8"))?;
+        let string = |r: &[u8], at: usize| {
+            let off = u32_at(r, at) as usize;
+            let len = u32_at(r, at + 4) as usize;
+            off.checked_add(len)
+                .and_then(|end| strings.get(off..end))
+                .ok_or_else(|| self.bad("string out of range"))
+        };
+        let ids = images
+            .chunks_exact(IMAGE_LEN)
+            .map(|r| digest_of(r[0], &r[16..80]).ok_or_else(|| self.bad("malformed image ID")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rows = Vec::with_capacity(self.header.n_items as usize);
+        for r in items.chunks_exact(ITEM_LEN) {
+            let id = *ids
+                .get(u32_at(r, 8) as usize)
+                .ok_or_else(|| self.bad("image out of range"))?;
+            rows.push(RowRef {
+                key: string(r, 0)?,
+                id,
+                size: u64_at(r, 24),
+                created_at: string(r, 12)?,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// [`Cache::rows_ref`], owned (for tests).
+    #[cfg(feature = "unstable")]
     pub fn rows(&self) -> Result<Vec<Row>, Error> {
-        (0..self.header.n_items)
-            .map(|i| {
-                let it = self.item(i)?;
-                Ok(Row {
-                    key: it.key.to_owned(),
-                    id: self.image_id(it.image)?,
-                    size: it.size,
-                    created_at: it.created_at.to_owned(),
-                })
+        Ok(self
+            .rows_ref()?
+            .into_iter()
+            .map(|r| Row {
+                key: r.key.to_owned(),
+                id: r.id,
+                size: r.size,
+                created_at: r.created_at.to_owned(),
             })
-            .collect()
+            .collect())
     }
 }
 
+/// One key as [`Cache::rows_ref`] lists it, borrowed from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRef<'a> {
+    /// The index key.
+    pub key: &'a str,
+    /// Its image ID.
+    pub id: Digest,
+    /// The entry's `size`.
+    pub size: u64,
+    /// The entry's `created_at`.
+    pub created_at: &'a str,
+}
+
 /// One key as [`Cache::rows`] lists it.
+#[cfg(feature = "unstable")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     /// The index key.
@@ -433,8 +493,6 @@ pub struct Row {
 struct ItemRec<'a> {
     key: &'a str,
     image: u32,
-    created_at: &'a str,
-    size: u64,
     val_off: u64,
     val_len: u32,
 }
