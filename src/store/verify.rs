@@ -183,12 +183,22 @@ impl Store {
         let mut infos: Vec<ImageInfo> = Vec::new();
         if queries.is_empty() {
             let snap = self.snapshot()?;
-            let mut seen = std::collections::HashSet::new();
+            // One pass groups every key under its image (asking `aliases` per image would scan
+            // all entries once per image: quadratic in the store's size).
+            let mut order: Vec<(Kind, Digest)> = Vec::new();
+            let mut keys_of: std::collections::HashMap<(Kind, Digest), Vec<&str>> =
+                std::collections::HashMap::new();
             for item in snap.lookup().items() {
-                if seen.insert((item.kind, item.id)) {
-                    let keys = snap.aliases(item.kind, &item.id);
-                    infos.push(self.describe(&snap, item.kind, keys.iter().map(String::as_str)));
-                }
+                let keys = keys_of.entry((item.kind, item.id)).or_insert_with(|| {
+                    order.push((item.kind, item.id));
+                    Vec::new()
+                });
+                keys.push(item.key.as_str());
+            }
+            for image in &order {
+                let mut keys = keys_of.remove(image).unwrap_or_default();
+                keys.sort_unstable();
+                infos.push(self.describe(&snap, image.0, keys.into_iter()));
             }
         } else {
             // Named images resolve as `config` does: through the caches when they are fresh.
