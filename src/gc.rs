@@ -326,13 +326,10 @@ enum Outcome {
 }
 
 impl Sweep<'_> {
-    /// Judge and sweep `unreferenced` in batches (see `collect`).
-    ///
-    /// Candidates: unreferenced and old enough, one `fstatat` each. With more than one rayon
-    /// thread, one stat thread judges up to two batches ahead of the sweep, so the stats of batch
-    /// k + 1 overlap the deletes of batch k (a stat needs no lock; as before, each age is read
-    /// after the mark and before its batch's leases); it blocks when ahead, so it never spins
-    /// against the sweep.
+    /// Judge and sweep `unreferenced` in batches (see `collect`): one `fstatat` per candidate
+    /// (age and size), then the batch's leases and deletes, all on this thread. A stat thread
+    /// running a batch ahead was tried and measured slower on the shared 2-core machine
+    /// (docs/design.md §10).
     fn all(
         &mut self,
         unreferenced: &[Scanned],
@@ -340,50 +337,22 @@ impl Sweep<'_> {
         report: &mut GcReport,
     ) -> Result<(), Error> {
         let dirs = self.blob_dirs;
-        let judge = |chunk: &[Scanned]| -> Vec<Option<u64>> {
-            chunk
-                .iter()
-                .map(|f| {
-                    let dir = dirs[kind_index(f.kind)].as_ref();
-                    let (newest, bytes) = scan::age_and_size(f, dir);
-                    (newest <= grace_cut).then_some(bytes)
-                })
-                .collect()
-        };
-        let chunks: Vec<&[Scanned]> = unreferenced.chunks(BATCH).collect();
-        std::thread::scope(|s| {
-            let ahead = (rayon::current_num_threads() > 1 && chunks.len() > 1).then(|| {
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let (chunks, judge) = (&chunks, &judge);
-                s.spawn(move || {
-                    for c in chunks {
-                        if tx.send(judge(c)).is_err() {
-                            break;
-                        }
-                    }
-                });
-                rx
-            });
-            for chunk in &chunks {
-                // The stat thread's answer, or (if it is gone) the stats done here.
-                let judged = ahead
-                    .as_ref()
-                    .and_then(|rx| rx.recv().ok())
-                    .unwrap_or_else(|| judge(chunk));
-                let mut candidates = Vec::with_capacity(chunk.len());
-                for (f, age_ok) in chunk.iter().zip(judged) {
-                    match age_ok {
-                        Some(bytes) => candidates.push((f, bytes)),
-                        None => report.skipped.push(Skipped {
-                            path: f.path(),
-                            reason: SkipReason::TooNew,
-                        }),
-                    }
+        for chunk in unreferenced.chunks(BATCH) {
+            let mut candidates = Vec::with_capacity(chunk.len());
+            for f in chunk {
+                let (newest, bytes) = scan::age_and_size(f, dirs[kind_index(f.kind)].as_ref());
+                if newest <= grace_cut {
+                    candidates.push((f, bytes));
+                } else {
+                    report.skipped.push(Skipped {
+                        path: f.path(),
+                        reason: SkipReason::TooNew,
+                    });
                 }
-                self.batch(&candidates, report)?;
             }
-            Ok(())
-        })
+            self.batch(&candidates, report)?;
+        }
+        Ok(())
     }
 
     /// Take the gc lease of `kind` exclusively (dry run: only look whether it is free).
