@@ -158,33 +158,12 @@ pub fn collect(
         .iter()
         .map(|b| fsutil::Dir::open(&b.blobs_dir()))
         .collect::<Result<Vec<_>, _>>()?;
-    let blobs_of = |kind: Kind| blob_dirs[kind_index(kind)].as_ref();
 
-    // Candidates: unreferenced, old enough (one stat each, in parallel).
-    let grace_cut = now
-        .checked_sub(opts.grace)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    let judged: Vec<Result<(Scanned, u64), Skipped>> = found
-        .into_par_iter()
+    // Unreferenced at mark time, in scan order (see `scan::scan_backend`).
+    let unreferenced: Vec<Scanned> = found
+        .into_iter()
         .filter(|f| !live.contains(&f.digest.first32()))
-        .map(|f| {
-            let (newest, bytes) = scan::age_and_size(&f, blobs_of(f.kind));
-            if newest > grace_cut {
-                return Err(Skipped {
-                    path: f.path(),
-                    reason: SkipReason::TooNew,
-                });
-            }
-            Ok((f, bytes))
-        })
         .collect();
-    let mut candidates = Vec::with_capacity(judged.len());
-    for j in judged {
-        match j {
-            Ok(c) => candidates.push(c),
-            Err(s) => report.skipped.push(s),
-        }
-    }
 
     // Temp debris, also in runs where no blob is collectable.
     let temp_cut = now
@@ -200,7 +179,10 @@ pub fn collect(
         report.skipped.extend(t.skipped);
     }
 
-    // Sweep, a batch at a time: leases and index locks, re-check, delete.
+    // Judge and sweep, a batch at a time: stat, leases and index locks, re-check, delete.
+    let grace_cut = now
+        .checked_sub(opts.grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut sweep = Sweep {
         layout,
         opts,
@@ -208,13 +190,7 @@ pub fn collect(
         busy: Vec::new(),
         blob_dirs: &blob_dirs,
     };
-    let mut swept = Ok(());
-    for batch in candidates.chunks(BATCH) {
-        swept = sweep.batch(batch, &mut report);
-        if swept.is_err() {
-            break;
-        }
-    }
+    let swept = sweep.all(&unreferenced, grace_cut, &mut report);
     // One fsync per directory for the whole run, also after a failed batch: a deletion that is
     // lost in a crash only brings back an orphan, which the next run collects, so durability is
     // owed to the report, not to safety.
@@ -350,6 +326,35 @@ enum Outcome {
 }
 
 impl Sweep<'_> {
+    /// Judge and sweep `unreferenced` in batches (see `collect`): one `fstatat` per candidate
+    /// (age and size), then the batch's leases and deletes, all on this thread. A stat thread
+    /// running a batch ahead was tried and measured slower on the shared 2-core machine
+    /// (docs/design.md §10).
+    fn all(
+        &mut self,
+        unreferenced: &[Scanned],
+        grace_cut: SystemTime,
+        report: &mut GcReport,
+    ) -> Result<(), Error> {
+        let dirs = self.blob_dirs;
+        for chunk in unreferenced.chunks(BATCH) {
+            let mut candidates = Vec::with_capacity(chunk.len());
+            for f in chunk {
+                let (newest, bytes) = scan::age_and_size(f, dirs[kind_index(f.kind)].as_ref());
+                if newest <= grace_cut {
+                    candidates.push((f, bytes));
+                } else {
+                    report.skipped.push(Skipped {
+                        path: f.path(),
+                        reason: SkipReason::TooNew,
+                    });
+                }
+            }
+            self.batch(&candidates, report)?;
+        }
+        Ok(())
+    }
+
     /// Take the gc lease of `kind` exclusively (dry run: only look whether it is free).
     fn lease(&mut self, kind: Kind) -> Result<Option<LockGuard>, Error> {
         let path = self.layout.backend(kind).gc_lease_path();
@@ -369,7 +374,7 @@ impl Sweep<'_> {
         }
     }
 
-    fn batch(&mut self, batch: &[(Scanned, u64)], report: &mut GcReport) -> Result<(), Error> {
+    fn batch(&mut self, batch: &[(&Scanned, u64)], report: &mut GcReport) -> Result<(), Error> {
         // Leases first, then every index lock (the lock order of docs/design.md §2).
         let mut held = Vec::new();
         for kind in Kind::ALL {
@@ -449,10 +454,10 @@ impl Sweep<'_> {
 /// leave a blob without its boot files, which an ingest would reuse as a layer without a kernel
 /// (ingest relies on "a blob that exists has its boot dir").
 fn delete(layout: &Layout, f: &Scanned, blobs: Option<&fsutil::Dir>) -> Result<(), Error> {
-    if let Some(blob) = &f.blob {
-        match (blobs, blob.file_name()) {
-            (Some(dir), Some(name)) => dir.remove_file(name)?,
-            _ => fsutil::remove_file(blob)?,
+    if let Some(name) = &f.blob {
+        match blobs {
+            Some(dir) => dir.remove_file(name)?,
+            None => fsutil::remove_file(&f.path())?,
         };
     }
     failpoint!("gc.after_delete_blob");
