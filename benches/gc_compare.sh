@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gc scan + sweep of N orphan blobs through the release CLI against
 # `find blobs -name '*.qcow2' -delete` on an identical tree (DESIGN.md §12: ≤ 1.3 × find).
-# Trees are built on disk under the target dir (not tmpfs) by hyperfine's --prepare, untimed.
+# Trees are built on disk under the target dir (not tmpfs) by hyperfine's --prepare, untimed, and
+# synced there: otherwise gc's one fsync of blobs/ would also pay for the setup's 100,000 creates.
 #
 # usage: benches/gc_compare.sh [N] [RUNS]      (defaults: 100000 blobs, 3 runs each)
 set -euo pipefail
@@ -23,7 +24,7 @@ import os
 d = '$root/cloudimg/blobs'
 for i in range($n):
     os.close(os.open(os.path.join(d, '%064x.qcow2' % i), os.O_CREAT | os.O_WRONLY, 0o644))
-\""
+\" && sync"
 
 hyperfine --runs "$runs" --prepare "$build" \
     --command-name "find -delete ($n)" "find '$root/cloudimg/blobs' -name '*.qcow2' -delete" \
