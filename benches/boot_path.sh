@@ -3,6 +3,7 @@
 #   config NAME -o json, config PREFIX12 -o json  — through the lookup caches, and through the JSON
 #   on a read-only hard-linked copy of the same root without caches (nothing can be rebuilt there);
 #   list -o json at 100k (or the largest size given), both ways.
+#   The cached rows run twice: the default (dynamic) build and scripts/build-static.sh's binary.
 # Needs root (bind mount) and hyperfine. Usage: bash benches/boot_path.sh [SIZES...]
 # Results: hyperfine's tables on stdout and target/boot-path/result.md.
 set -euo pipefail
@@ -13,6 +14,8 @@ base=${BOOT_PATH_DIR:-$PWD/target/boot-path}
 mkdir -p "$base"
 nice -n 10 cargo build --release --quiet --bin imgstore --example boot_path_root
 bin=$PWD/target/release/imgstore
+# The same CLI linked statically (scripts/build-static.sh): start-up is most of a cached `config`.
+static=$(nice -n 10 scripts/build-static.sh)
 out=$base/result.md
 : >"$out"
 mounts=()
@@ -44,6 +47,7 @@ for n in "${sizes[@]}"; do
     echo "### config by $what, $n images" | tee -a "$out"
     nice -n 10 hyperfine -N --warmup 3 "${runs[@]}" --export-markdown "$base/tmp.md" \
       -n "cache $n" "$bin --root $root -o json config $query" \
+      -n "cache $n, static binary" "$static --root $root -o json config $query" \
       -n "json $n" "$bin --root $ro -o json config $query"
     cat "$base/tmp.md" >>"$out"
   done
