@@ -223,6 +223,15 @@ pub(super) struct TokenResponse {
     access_token: Option<String>,
 }
 
+/// A 401 the client could not answer, for `repo`.
+fn unauthorized(repo: &Repo<'_>, detail: String) -> Error {
+    Error::Unauthorized {
+        host: repo.host.to_owned(),
+        repository: repo.repository.to_owned(),
+        detail,
+    }
+}
+
 impl Client {
 
     pub(super) fn credentials_for(&self, repo: &Repo<'_>) -> Result<Option<Credentials>, Error> {
@@ -243,6 +252,55 @@ impl Client {
         Ok(found)
     }
 
+
+    /// The `Authorization` value that answers a 401's challenge: Basic from the configured
+    /// credentials, or a Bearer token for `scope` (the challenge's own scope, else pull, when
+    /// `scope` is `None`). `none_configured` is the error detail when credentials are needed and
+    /// there are none. Shared by pulls (GET) and pushes (HEAD/POST/PUT/PATCH).
+    pub(super) fn answer_challenge(
+        &self,
+        repo: &Repo<'_>,
+        response: &ureq::http::Response<ureq::Body>,
+        scope: Option<String>,
+        credentials: Option<&Credentials>,
+        none_configured: &str,
+    ) -> Result<String, Error> {
+        let challenge = response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_challenge);
+        match challenge {
+            None => Err(unauthorized(
+                repo,
+                "HTTP 401 without a Basic or Bearer challenge".to_owned(),
+            )),
+            Some(Challenge::Basic) => match credentials {
+                Some(c) if c.is_identity_token() => Err(unauthorized(
+                    repo,
+                    "the registry asks for Basic credentials and only an identity token is \
+                     configured"
+                        .to_owned(),
+                )),
+                Some(c) => Ok(c.basic_header()),
+                None => Err(unauthorized(repo, none_configured.to_owned())),
+            },
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope: asked,
+            }) => {
+                let scope = scope
+                    .or(asked)
+                    .unwrap_or_else(|| format!("repository:{}:pull", repo.repository));
+                let token = self.with_retries(|| {
+                    self.token(repo, &realm, service.as_deref(), &scope, credentials)
+                })?;
+                Ok(format!("Bearer {token}"))
+            }
+        }
+    }
 
     /// One GET with whatever auth the registry asks for; 401 handling included, no retries.
     pub(super) fn get_authed(
@@ -268,57 +326,15 @@ impl Client {
         if response.status() != 401 {
             return Ok(response);
         }
-        let unauthorized = |detail: String| Error::Unauthorized {
-            host: repo.host.to_owned(),
-            repository: repo.repository.to_owned(),
-            detail,
-        };
-        let challenge = response
-            .headers()
-            .get_all("www-authenticate")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(parse_challenge);
+        let unauthorized = |detail: String| unauthorized(repo, detail);
         let credentials = self.credentials_for(repo)?;
-        let authorization = match challenge {
-            None => {
-                return Err(unauthorized(
-                    "HTTP 401 without a Basic or Bearer challenge".to_owned(),
-                ))
-            }
-            Some(Challenge::Basic) => match &credentials {
-                Some(c) if c.is_identity_token() => {
-                    return Err(unauthorized(
-                        "the registry asks for Basic credentials and only an identity token is \
-                         configured"
-                            .to_owned(),
-                    ))
-                }
-                Some(c) => c.basic_header(),
-                None => {
-                    return Err(unauthorized(
-                        "the registry requires credentials and none are configured".to_owned(),
-                    ))
-                }
-            },
-            Some(Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            }) => {
-                let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", repo.repository));
-                let token = self.with_retries(|| {
-                    self.token(
-                        repo,
-                        &realm,
-                        service.as_deref(),
-                        &scope,
-                        credentials.as_ref(),
-                    )
-                })?;
-                format!("Bearer {token}")
-            }
-        };
+        let authorization = self.answer_challenge(
+            repo,
+            &response,
+            None,
+            credentials.as_ref(),
+            "the registry requires credentials and none are configured",
+        )?;
         if cached.as_deref() == Some(authorization.as_str()) {
             return Err(unauthorized(
                 "the registry rejected the authorization it asked for".to_owned(),

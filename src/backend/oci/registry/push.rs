@@ -15,7 +15,6 @@
 
 use std::io::{self, Read};
 
-use super::auth::{parse_challenge, Challenge};
 use super::manifest::Descriptor;
 use super::transport::{check_status, status_error, Repo};
 use super::{Client, Error};
@@ -98,35 +97,14 @@ impl Client {
             repository: repo.repository.to_owned(),
             detail,
         };
-        let challenge = response
-            .headers()
-            .get_all("www-authenticate")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(parse_challenge);
         let credentials = self.credentials_for(repo)?;
-        let authorization = match challenge {
-            None => {
-                return Err(unauthorized(
-                    "HTTP 401 without a Basic or Bearer challenge".to_owned(),
-                ))
-            }
-            Some(Challenge::Basic) => match &credentials {
-                Some(c) => c.basic_header(),
-                None => {
-                    return Err(unauthorized(
-                        "pushing needs credentials and none are configured".to_owned(),
-                    ))
-                }
-            },
-            Some(Challenge::Bearer { realm, service, .. }) => {
-                let scope = format!("repository:{}:pull,push", repo.repository);
-                let token = self.with_retries(|| {
-                    self.token(repo, &realm, service.as_deref(), &scope, credentials.as_ref())
-                })?;
-                format!("Bearer {token}")
-            }
-        };
+        let authorization = self.answer_challenge(
+            repo,
+            &response,
+            Some(format!("repository:{}:pull,push", repo.repository)),
+            credentials.as_ref(),
+            "pushing needs credentials and none are configured",
+        )?;
         let response = send(Some(&authorization))?;
         if response.status() == 401 {
             return Err(unauthorized(match &credentials {
