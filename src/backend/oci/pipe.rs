@@ -189,6 +189,19 @@ mod tests {
     }
 
     #[test]
+    fn consumed_buffers_go_back_to_the_writer() {
+        let (mut w, mut r) = pipe();
+        w.write_all(&[1; 1000]).unwrap();
+        w.write_all(&[2; 10]).unwrap();
+        let mut got = [0u8; 1001];
+        r.read_exact(&mut got).unwrap();
+        // Taking the second message handed the first one back.
+        let spare = w.spare.try_recv().expect("the consumed buffer came back");
+        assert!(spare.capacity() >= 1000);
+        assert_eq!(got[1000], 2);
+    }
+
+    #[test]
     fn a_gone_reader_fails_the_writer() {
         let (mut w, r) = pipe();
         drop(r);
