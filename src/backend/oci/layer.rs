@@ -15,7 +15,7 @@ use flate2::read::MultiGzDecoder;
 
 pub use super::boot::BootFiles;
 use super::boot::{classify, Candidates};
-use super::pipe::pipe;
+use super::pipe::{pipe, PipeWriter};
 use crate::digest::Digest;
 use crate::erofs;
 use crate::error::{io_err, IoError};
@@ -265,31 +265,15 @@ impl io::Seek for Writeback<'_> {
     }
 }
 
-/// Decode `src` into `to`, in large writes.
-fn decompress(src: impl Read, c: Compression, to: &mut impl Write) -> io::Result<()> {
+/// Decode `src` into `to`, in large messages read straight into the pipe's buffers.
+fn decompress(src: impl Read, c: Compression, to: &mut PipeWriter) -> io::Result<()> {
     let src = BufReader::with_capacity(BUF, src);
     let mut dec: Box<dyn Read> = match c {
         Compression::Gzip => Box::new(MultiGzDecoder::new(src)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(src)?),
         Compression::None => Box::new(src),
     };
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let mut n = 0;
-        // Fill most of the buffer: fewer, larger messages through the pipe.
-        while n < BUF / 2 {
-            match dec.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        to.write_all(&buf[..n])?;
-    }
+    to.send_from(&mut dec, BUF)
 }
 
 /// Read the rest of the stream after the tar's end (padding), so a corrupt compressed tail or
