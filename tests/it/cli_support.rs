@@ -53,11 +53,14 @@ impl Run {
     }
 }
 
-fn finish(out: &Output) -> Run {
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+impl Run {
+    /// The exit code and output of a finished `imgstore` process.
+    pub fn from_output(out: &Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 
@@ -70,7 +73,7 @@ pub fn run(root: &Path, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("running imgstore");
-    finish(&out)
+    Run::from_output(&out)
 }
 
 /// Run with `stdin` bytes.
@@ -92,7 +95,7 @@ pub fn run_stdin(root: &Path, args: &[&str], stdin: &[u8]) -> Run {
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    finish(&out)
+    Run::from_output(&out)
 }
 
 /// The shared fixtures directory (`../shared/fixtures/cocoon-v0.3.7`); `IMGSTORE_FIXTURES`

@@ -148,13 +148,14 @@ fn assert_failed_cleanly(root: &Path, before: &Snap, r: Run, mentions: &[&str]) 
     r
 }
 
-struct Fixture {
+/// A store root (not yet created) and a directory for input files, in one temp dir.
+pub(crate) struct Fixture {
     _dir: TempDir,
-    root: PathBuf,
-    files: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) files: PathBuf,
 }
 
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let files = dir.path().join("files");

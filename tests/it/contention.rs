@@ -24,11 +24,7 @@ fn cli(root: &Path, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("running imgstore");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(&out)
 }
 
 /// p50 and p99 of `samples` in milliseconds.

@@ -63,11 +63,7 @@ fn run_at(root: &Path, cwd: &Path, point: &str, args: &[&str]) -> (std::process:
         .stdin(Stdio::null())
         .output()
         .expect("running imgstore");
-    let r = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let r = Run::from_output(&out);
     (out.status, r)
 }
 

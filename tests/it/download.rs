@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-
 use crate::cli_support::{bin, run};
+use crate::cloud_e2e::fixture;
 use crate::cloudimg::qemu_img;
 use crate::range_server::{Mode, RangeServer, Ranges, Validators};
 
@@ -77,30 +76,12 @@ fn temp_files(root: &Path) -> Vec<String> {
         .collect()
 }
 
-struct Fix {
-    _dir: TempDir,
-    root: PathBuf,
-    files: PathBuf,
-}
-
-fn fix() -> Fix {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let files = dir.path().join("files");
-    std::fs::create_dir_all(&files).unwrap();
-    Fix {
-        _dir: dir,
-        root,
-        files,
-    }
-}
-
 /// In every server mode the stored blob is exactly the served file, byte for byte, as a
 /// one-stream download stores it; modes that allow guarded ranges are fetched in several
 /// ranges, the others in one stream after the probe.
 #[test]
 fn every_server_mode_stores_the_served_bytes() {
-    let f = fix();
+    let f = fixture();
     let body = image(&f.files, 40, 1);
     let want = hex(&body);
     let cases: &[(&str, Mode, bool)] = &[
@@ -198,7 +179,7 @@ fn every_server_mode_stores_the_served_bytes() {
 /// Two connections and three pieces: the third piece is asked for after the change.
 #[test]
 fn a_file_changed_mid_download_is_never_mixed() {
-    let f = fix();
+    let f = fixture();
     let v1 = image(&f.files, 40, 2);
     let v2 = image(&f.files, 40, 3);
     assert_ne!(v1, v2);
@@ -279,7 +260,7 @@ fn interrupt_midway(root: &Path, url: &str, signal: nix::sys::signal::Signal) ->
 #[test]
 fn resume_after_sigint_and_sigkill_fetches_only_the_missing_bytes() {
     use nix::sys::signal::Signal;
-    let f = fix();
+    let f = fixture();
     let body = image(&f.files, 48, 4);
     for signal in [Signal::SIGINT, Signal::SIGKILL] {
         let server = RangeServer::start(
@@ -321,7 +302,7 @@ fn resume_after_sigint_and_sigkill_fetches_only_the_missing_bytes() {
 #[test]
 fn a_changed_file_is_not_resumed() {
     use nix::sys::signal::Signal;
-    let f = fix();
+    let f = fixture();
     let v1 = image(&f.files, 40, 5);
     let v2 = image(&f.files, 40, 6);
     let server = RangeServer::start(
@@ -345,7 +326,7 @@ fn a_changed_file_is_not_resumed() {
 /// when it changed, the new file is downloaded and the name moves to it.
 #[test]
 fn a_stored_url_is_revalidated() {
-    let f = fix();
+    let f = fixture();
     let v1 = image(&f.files, 8, 7);
     let v2 = image(&f.files, 8, 8);
     for validators in [Validators::Strong, Validators::LastModified] {
@@ -382,7 +363,7 @@ fn a_stored_url_is_revalidated() {
 /// request; `--force` downloads it again; `--offline` never asks the server.
 #[test]
 fn no_validator_keeps_the_entry_force_and_offline() {
-    let f = fix();
+    let f = fixture();
     let v1 = image(&f.files, 8, 9);
     let v2 = image(&f.files, 8, 10);
     let server = RangeServer::start(

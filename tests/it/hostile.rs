@@ -20,11 +20,7 @@ fn run_in(cwd: &Path, root: &Path, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("running imgstore");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(&out)
 }
 
 fn hostile_strings() -> Vec<String> {

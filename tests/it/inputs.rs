@@ -68,11 +68,7 @@ impl Env {
             std::thread::sleep(Duration::from_millis(50));
         }
         let out = child.wait_with_output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from_output(&out)
     }
 
     /// Blobs of both backends, index files, and temp entries other than lock files.
@@ -422,11 +418,7 @@ fn a_layer_tar_truncated_during_its_import_fails_cleanly() {
         .set_len(1 << 20)
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let r = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let r = Run::from_output(&out);
     assert!(
         out.status.code().is_some(),
         "killed by a signal: {:?}",

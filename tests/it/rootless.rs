@@ -54,11 +54,7 @@ fn as_nobody(root: &Path, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("running setpriv");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let run = Run::from_output(&out);
     assert!(run.code == 0, "as uid {NOBODY}: {args:?}: {}", run.stderr);
     run
 }
