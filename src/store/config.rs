@@ -65,12 +65,29 @@ impl Store {
     /// # Errors
     /// Not found, ambiguous, a missing or wrong-sized file, missing firmware.
     pub fn config(&self, queries: &[&str]) -> Result<Vec<VmConfig>, Error> {
-        self.resolve_all(queries)?
-            .into_iter()
-            .map(|(f, e)| {
+        queries
+            .iter()
+            .zip(self.resolve_all(queries)?)
+            .map(|(query, (f, e))| {
                 let info = self.describe_entry(f.keys, &e);
-                check_files(&info)?;
-                self.vm_config(info)
+                match check_files(&info) {
+                    // The lookup takes no lock, so an `rm` and a `gc` can come between it and the
+                    // stat: ask once more, and answer from what the index says now (not found, a
+                    // new image under the name, or the same entry really missing a file).
+                    Err(Error::Missing { .. }) => {
+                        let (f, e) = self
+                            .resolve_all(&[query])?
+                            .pop()
+                            .expect("one answer per query");
+                        let info = self.describe_entry(f.keys, &e);
+                        check_files(&info)?;
+                        self.vm_config(info)
+                    }
+                    checked => {
+                        checked?;
+                        self.vm_config(info)
+                    }
+                }
             })
             .collect()
     }
