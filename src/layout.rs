@@ -54,6 +54,9 @@ impl std::fmt::Display for Kind {
 pub enum Role {
     /// A disk: an EROFS layer (oci) or the qcow2 (cloudimg).
     Layer,
+    /// An oci layer's image that depends on its parents (`blobs/<chain>.erofs`): the disk VMs
+    /// get instead of the layer blob before it.
+    Chain,
     /// The kernel of an oci image (`boot/<layer>/vmlinuz`).
     Kernel,
     /// The initrd of an oci image (`boot/<layer>/initrd.img`).
@@ -69,6 +72,7 @@ impl Role {
     pub const fn name(self) -> &'static str {
         match self {
             Role::Layer => "layer",
+            Role::Chain => "chain",
             Role::Kernel => "kernel",
             Role::Initrd => "initrd",
             Role::Image => "image",
@@ -188,7 +192,7 @@ impl BackendLayout {
     #[must_use]
     pub fn file_path(&self, role: Role, key: &Digest) -> PathBuf {
         match role {
-            Role::Layer => self.blob_path(key),
+            Role::Layer | Role::Chain => self.blob_path(key),
             Role::Kernel => self.kernel_path(key),
             Role::Initrd => self.initrd_path(key),
             Role::Image => self.index_path(),

@@ -206,7 +206,10 @@ fn plan(tree: &Tree, i: Ino, w: &Walk, build: (i64, u32)) -> Result<Plan, Error>
         }
         Body::Fifo => {}
     }
-    header.extended = !header.fits_compact(build.0.cast_unsigned(), build.1);
+    // Implied directories are extended, so `super::view::patch_dirs` can give them other
+    // attributes in place (32 bytes more per implied directory).
+    header.extended =
+        tree.implied.contains(&i) || !header.fits_compact(build.0.cast_unsigned(), build.1);
     let mut inline_tail = 0;
     let tail = header.size % BLOCK_SIZE;
     if blocks_of_bytes && tail > 0 && (header.len() + xattrs.len()) as u64 + tail <= BLOCK_SIZE {
@@ -243,10 +246,10 @@ fn assign_nids(order: &[Ino], plans: &[Option<Plan>], n: usize) -> (Vec<u64>, u6
 pub(crate) fn finish<W: Write + Seek>(
     tree: &Tree,
     mut area: DataArea<W>,
-    uuid: [u8; 16],
-    manifest: bool,
+    opts: &super::Options,
     mut report: Report,
 ) -> Result<Report, Error> {
+    let (uuid, manifest) = (opts.uuid, opts.manifest);
     let n = tree.inodes.len();
     let w = walk(tree, manifest);
     let build = build_time(tree, &w.order);
@@ -328,6 +331,9 @@ pub(crate) fn finish<W: Write + Seek>(
     report.blocks = blocks;
     if manifest {
         report.manifest = Some(listing(tree, &w, &nids));
+    }
+    if opts.view {
+        report.view = Some(super::view::of_tree(tree, &nids));
     }
     Ok(report)
 }

@@ -13,7 +13,9 @@
 //! - `format`: the on-disk structures (kernel `erofs_fs.h`);
 //! - `entries` / `sparse`: tar entries → tree (path rules, whiteouts, PAX records, sparse maps);
 //! - `tree`: the in-memory tree; `data`: the streamed data area; `layout`: metadata at the end;
-//! - `reader`: image → [`Listing`].
+//! - `reader`: image → [`Listing`];
+//! - `view`: what an overlay merge needs of a layer ([`View`], stored beside the image), and
+//!   patching an image's implied directories in place ([`patch_dirs`]).
 
 mod data;
 mod entries;
@@ -22,11 +24,13 @@ mod layout;
 mod reader;
 mod sparse;
 mod tree;
+mod view;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Read, Seek, Write};
 
 pub use reader::{file_data, read};
+pub use view::{patch_dirs, View, ViewDir, ViewEntry};
 
 /// Why writing (or reading) an image failed. Entry errors name the entry as written in the tar.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +167,9 @@ pub struct Options {
     pub implied_dirs: BTreeMap<Vec<u8>, DirAttrs>,
     /// Fill [`Report::manifest`] (hashes every file: costs a blake3 pass).
     pub manifest: bool,
+    /// Fill [`Report::view`]: what an overlay merge needs of this layer (every path's kind,
+    /// directory attributes, whiteouts, opaque and implied directories).
+    pub view: bool,
     /// Record in [`Report::extents`] where the image holds the bytes of every regular file
     /// whose final path (`a/b`) this accepts (e.g. boot files, copied out after the write).
     pub extents_of: Option<fn(&[u8]) -> bool>,
@@ -203,6 +210,8 @@ pub struct Report {
     pub manifest: Option<Listing>,
     /// Where the regular files [`Options::extents_of`] selected are, by final path.
     pub extents: BTreeMap<Vec<u8>, Extents>,
+    /// The layer's view for overlay merges, if [`Options::view`].
+    pub view: Option<View>,
 }
 
 /// Where a regular file's bytes are in the image: fixed-size chunks, each at a byte offset of
@@ -291,7 +300,7 @@ pub fn write<R: Read, W: Write + Seek>(tar: R, out: W, opts: &Options) -> Result
     if let Some(select) = opts.extents_of {
         report.extents = tree.extents(select);
     }
-    layout::finish(&tree, area, opts.uuid, opts.manifest, report)
+    layout::finish(&tree, area, opts, report)
 }
 
 /// Set the UUID of an image written by [`write`] (when the digest naming it is known only after

@@ -4,7 +4,7 @@
 //! directory keeps its children, parents must be real directories, hard links must name an
 //! earlier non-directory of this layer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::data::FileLayout;
 use super::format::{S_IFDIR, S_IFMT};
@@ -48,6 +48,10 @@ pub(crate) struct Inode {
 
 pub(crate) struct Tree {
     pub inodes: Vec<Inode>,
+    /// Directories the layer only implies (no entry of their own), the root included when
+    /// there is no `./` entry: written as extended inodes, so a chain image can patch their
+    /// attributes in place (`super::view`).
+    pub implied: HashSet<Ino>,
 }
 
 /// The root's inode number.
@@ -63,6 +67,7 @@ impl Tree {
                 attrs: root.to_attrs(),
                 body: Body::Dir(BTreeMap::new()),
             }],
+            implied: HashSet::from([ROOT]),
         }
     }
 
@@ -113,6 +118,7 @@ impl Tree {
                         body: Body::Dir(BTreeMap::new()),
                     });
                     self.link(at, name, child);
+                    self.implied.insert(child);
                     child
                 }
                 None => return Ok(None),
@@ -140,6 +146,7 @@ impl Tree {
             if is_dir(&self.inodes[old].attrs) && matches!(inode.body, Body::Dir(_)) {
                 let opaque = self.inodes[old].attrs.xattrs.get(OPAQUE_XATTR).cloned();
                 self.inodes[old].attrs = inode.attrs;
+                self.implied.remove(&old);
                 if let Some(v) = opaque {
                     self.inodes[old]
                         .attrs
@@ -165,6 +172,7 @@ impl Tree {
     pub(crate) fn set_root_attrs(&mut self, attrs: Attrs) {
         let opaque = self.inodes[ROOT].attrs.xattrs.get(OPAQUE_XATTR).cloned();
         self.inodes[ROOT].attrs = attrs;
+        self.implied.remove(&ROOT);
         if let Some(v) = opaque {
             self.inodes[ROOT]
                 .attrs

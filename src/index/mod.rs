@@ -8,4 +8,4 @@ pub mod legacy;
 pub mod schema;
 pub mod sources;
 
-pub use schema::{CloudEntry, Entry, IndexFile, LayerEntry, OciEntry};
+pub use schema::{ChainBlob, CloudEntry, Entry, IndexFile, LayerEntry, OciEntry};

@@ -28,8 +28,8 @@ pub trait Entry: Serialize + DeserializeOwned + Clone {
     fn reference(&self) -> &str;
     /// The image ID: manifest digest (oci) or content sum (cloudimg).
     fn id(&self) -> Digest;
-    /// Every stored file the entry needs, in order (oci: layers bottom first, then kernel and
-    /// initrd). The one place that says what an entry references: gc keeps these, the store
+    /// Every stored file the entry needs, in order (oci: layers bottom first, each followed by
+    /// its chain blob if it has one, then kernel and initrd). The one place that says what an entry references: gc keeps these, the store
     /// describes, checks and verifies them.
     fn files(&self) -> Vec<FileRef>;
     /// Bytes stored (`size`).
@@ -92,9 +92,23 @@ pub struct LayerEntry {
     /// imgstore: sums of the stored EROFS blob. Absent in cocoon-written entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<Sums>,
+    /// imgstore: the layer's image that depends on its parents (its implied directories carry
+    /// the lower layers' attributes), which VMs get instead of `blobs/<digest>.erofs`; absent
+    /// when the layer's image does not depend on them (docs/design.md §11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainBlob>,
     /// Fields this version does not know.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A layer's chain-keyed EROFS blob (`blobs/<chain hex>.erofs`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChainBlob {
+    /// The layer's chain ID: the blob's key.
+    pub digest: Digest,
+    /// Sums of the stored blob.
+    pub blob: Sums,
 }
 
 /// An oci image entry.
@@ -136,11 +150,13 @@ impl Entry for OciEntry {
     }
     fn files(&self) -> Vec<FileRef> {
         let file = |role, key, sums| FileRef { role, key, sums };
-        let mut files: Vec<FileRef> = self
-            .layers
-            .iter()
-            .map(|l| file(Role::Layer, l.digest, l.blob))
-            .collect();
+        let mut files: Vec<FileRef> = Vec::with_capacity(self.layers.len() + 2);
+        for l in &self.layers {
+            files.push(file(Role::Layer, l.digest, l.blob));
+            if let Some(c) = l.chain {
+                files.push(file(Role::Chain, c.digest, Some(c.blob)));
+            }
+        }
         files.push(file(Role::Kernel, self.kernel_layer, self.kernel));
         files.push(file(Role::Initrd, self.initrd_layer, self.initrd));
         files

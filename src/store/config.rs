@@ -100,16 +100,24 @@ impl Store {
             .collect();
         let (storage, boot) = match info.kind {
             Kind::Oci => {
-                let storage = layers
-                    .iter()
-                    .enumerate()
-                    .map(|(n, b)| Disk {
-                        path: b.path.clone(),
-                        ro: true,
-                        serial: format!("cocoon-layer{n}"),
-                        role: Role::Layer,
-                    })
-                    .collect();
+                let mut storage: Vec<Disk> = Vec::with_capacity(layers.len());
+                for b in &info.blobs {
+                    match b.role {
+                        Role::Layer => storage.push(Disk {
+                            path: b.path.clone(),
+                            ro: true,
+                            serial: format!("cocoon-layer{}", storage.len()),
+                            role: Role::Layer,
+                        }),
+                        // A layer's chain blob (right after it) replaces it for VMs.
+                        Role::Chain => {
+                            if let Some(d) = storage.last_mut() {
+                                d.path.clone_from(&b.path);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 let path_of = |role: Role| {
                     info.blobs
                         .iter()

@@ -18,6 +18,7 @@ mod gc;
 mod import;
 mod native;
 mod oci;
+mod oci_chain;
 mod oci_layer;
 mod oci_layout;
 mod open;

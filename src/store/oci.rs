@@ -22,7 +22,7 @@ use crate::backend::oci::registry::artifact::{self, Classified};
 use crate::backend::oci::registry::Client;
 use crate::digest::Digest;
 use crate::fsutil::{self, TempDir};
-use crate::index::{LayerEntry, OciEntry};
+use crate::index::{ChainBlob, LayerEntry, OciEntry};
 use crate::ingest;
 use crate::input::Input;
 use crate::reference::Reference;
@@ -33,6 +33,7 @@ use super::import::{
     check_name, check_pinned, describe, is_oci_archive, open_inputs, same_reference, sniff,
     Content, SNIFF,
 };
+use super::oci_chain::Chain;
 use super::oci_layer::{Layer, LayerFrom, Prepared, Stored};
 use super::oci_layout::{read_layout, unpack_layout_archive};
 use super::remove::{boxed, unbox};
@@ -298,13 +299,18 @@ impl Store {
         }
         let all: Vec<usize> = (0..layers.len()).collect();
         let mut prepared = self.store_layers(key, layers, &all)?;
-        // The gc lease, from the reuse-or-publish decision to the commit: every layer found in
-        // the store must still be there under it; one a collection deleted meanwhile is fetched
-        // and converted again, without the lease.
+        let mut chains = None;
+        // The gc lease, from the reuse-or-publish decision to the commit: every layer (and chain
+        // image) found in the store must still be there under it; one a collection deleted
+        // meanwhile is stored again, without the lease.
         let lease = loop {
             // Refuse an image without boot files before anything of it reaches blobs/.
             let stored: Vec<Stored> = prepared.iter().map(|p| p.stored).collect();
-            oci_entry(key, id, layers, &stored)?;
+            oci_entry(key, id, layers, &stored, &[])?;
+            if chains.is_none() {
+                let recorded = self.recorded_layer_sums()?;
+                chains = Some(self.prepare_chains(layers, &prepared, &recorded)?);
+            }
             let lease = self.lease(Kind::Oci)?;
             let gone: Vec<usize> = (0..layers.len())
                 .filter(|&i| {
@@ -313,23 +319,44 @@ impl Store {
                         .is_some_and(|r| !self.still_there(Kind::Oci, &layers[i].digest, &r))
                 })
                 .collect();
-            if gone.is_empty() {
+            let chain_gone = chains.iter().flatten().flatten().any(|c| {
+                c.reuse
+                    .is_some_and(|r| !self.still_there(Kind::Oci, &c.key, &r))
+            });
+            if gone.is_empty() && !chain_gone {
                 break lease;
             }
             drop(lease);
+            // The views of gone layers went with them: every chain is decided again.
+            chains = None;
             for (i, p) in gone.iter().zip(self.store_layers(key, layers, &gone)?) {
                 prepared[*i] = p;
             }
         };
+        let mut chains = chains.unwrap_or_default();
         let mut stored: Vec<Stored> = prepared.iter().map(|p| p.stored).collect();
-        for ((layer, p), s) in layers.iter().zip(prepared).zip(&mut stored) {
+        for (((layer, p), s), chain) in layers
+            .iter()
+            .zip(prepared)
+            .zip(&mut stored)
+            .zip(&mut chains)
+        {
             if let Some(c) = p.staged {
                 let dest = b.blob_path(&layer.digest);
                 let boot_dest = b.boot_dir(&layer.digest);
                 s.sums = ingest::publish_layer(c.blob, &c.boot, &dest, &boot_dest)?;
             }
+            if let Some(c) = chain {
+                if let Some(staged) = c.staged.take() {
+                    c.sums = ingest::publish(staged, &b.blob_path(&c.key))?;
+                }
+            }
         }
-        let entry = oci_entry(key, id, layers, &stored)?;
+        let chain_entries: Vec<_> = chains
+            .iter()
+            .map(|c| c.as_ref().map(Chain::entry))
+            .collect();
+        let entry = oci_entry(key, id, layers, &stored, &chain_entries)?;
         self.commit_oci(key, &entry)?;
         drop(lease);
         drop(guards);
@@ -469,12 +496,14 @@ fn oci_key(name: &str) -> String {
     Reference::parse(name).map_or_else(|_| name.to_owned(), |r| r.canonical())
 }
 
-/// The index entry for stored layers: kernel and initrd from the last layer providing each.
+/// The index entry for stored layers and their chain images (`chains`: one slot per layer, or
+/// empty): kernel and initrd from the last layer providing each.
 fn oci_entry(
     key: &str,
     id: Digest,
     layers: &[Layer<'_>],
     stored: &[Stored],
+    chains: &[Option<ChainBlob>],
 ) -> Result<OciEntry, Error> {
     let kernel = layers
         .iter()
@@ -498,15 +527,18 @@ fn oci_entry(
         layers: layers
             .iter()
             .zip(stored)
-            .map(|(l, s)| LayerEntry {
+            .enumerate()
+            .map(|(i, (l, s))| LayerEntry {
                 digest: l.digest,
                 blob: Some(s.sums),
+                chain: chains.get(i).copied().flatten(),
                 extra: serde_json::Map::new(),
             })
             .collect(),
         kernel_layer: kl.digest,
         initrd_layer: il.digest,
-        size: stored.iter().map(|s| s.sums.size).sum(),
+        size: stored.iter().map(|s| s.sums.size).sum::<u64>()
+            + chains.iter().flatten().map(|c| c.blob.size).sum::<u64>(),
         created_at: crate::index::schema::now_rfc3339(),
         kernel: ks.kernel,
         initrd: is.initrd,

@@ -129,14 +129,18 @@ fn sha256_hasher() -> Hasher {
 }
 
 impl Store {
-    /// Layer sums recorded by any oci entry, to reuse stored blobs without re-hashing them.
+    /// Layer (and chain image) sums recorded by any oci entry, to reuse stored blobs without
+    /// re-hashing them.
     pub(super) fn recorded_layer_sums(&self) -> Result<HashMap<Digest, Sums>, Error> {
         let w = self.on_wait();
         let idx = self.oci_db().read(self.opts.lock_wait, &w)?;
         Ok(idx
             .entries()
             .flat_map(|(_, e)| e.layers.iter())
-            .filter_map(|l| l.blob.map(|s| (l.digest, s)))
+            .flat_map(|l| {
+                let chain = l.chain.map(|c| (c.digest, c.blob));
+                l.blob.map(|s| (l.digest, s)).into_iter().chain(chain)
+            })
             .collect())
     }
 

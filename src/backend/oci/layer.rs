@@ -84,6 +84,8 @@ pub struct LayerReport {
 pub const KERNEL_FILE: &str = "vmlinuz";
 /// See [`KERNEL_FILE`].
 pub const INITRD_FILE: &str = "initrd.img";
+/// File name of the layer's view for overlay merges ([`erofs::View`]) in its boot directory.
+pub const VIEW_FILE: &str = "layer.view";
 
 const BUF: usize = 256 << 10;
 
@@ -107,9 +109,9 @@ fn is_boot_path(p: &[u8]) -> bool {
 }
 
 /// Convert the layer blob `reader` yields (gzip, zstd or plain tar; read to its end exactly
-/// once) into an EROFS image at `image` (created; must not exist) and copy its boot files to
-/// `boot_dir/vmlinuz` and `boot_dir/initrd.img` (`boot_dir` is created if the layer has any).
-/// On failure, whatever this wrote is removed.
+/// once) into an EROFS image at `image` (created; must not exist), copy its boot files to
+/// `boot_dir/vmlinuz` and `boot_dir/initrd.img` and write its view for overlay merges to
+/// `boot_dir/layer.view` (`boot_dir` is created). On failure, whatever this wrote is removed.
 ///
 /// # Errors
 /// Hostile or malformed tars and corrupt streams ([`Error::Erofs`], [`Error::Read`]), I/O.
@@ -141,6 +143,7 @@ pub fn convert<R: Read + Send>(
         .map_err(io_err("creating layer image", image))?;
     let opts = erofs::Options {
         extents_of: Some(is_boot_path),
+        view: true,
         ..opts.clone()
     };
     let mut sink = Writeback::new(&out);
@@ -168,6 +171,12 @@ pub fn convert<R: Read + Send>(
         })?
     };
     let boot = copy_boot_files(&report, &out, boot_dir, &mut cleanup)?;
+    if let Some(view) = &report.view {
+        fs::create_dir_all(boot_dir).map_err(io_err("creating boot directory", boot_dir))?;
+        let dest = boot_dir.join(VIEW_FILE);
+        cleanup.0.push(dest.clone());
+        write_new(&dest, &view.encode())?;
+    }
     cleanup.0.clear();
     Ok(LayerReport {
         files: report.files,
@@ -282,6 +291,19 @@ fn drain(r: &mut impl Read) -> Result<(), Error> {
     io::copy(r, &mut io::sink())
         .map(drop)
         .map_err(|source| Error::Read { source })
+}
+
+/// Create `dest` (must not exist) holding `bytes`.
+fn write_new(dest: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(dest)
+        .map_err(io_err("creating", dest))?;
+    f.write_all(bytes).map_err(io_err("writing", dest))?;
+    Ok(())
 }
 
 /// Pick the layer's boot files from the image's final tree and copy them out of the image.

@@ -1,0 +1,326 @@
+//! A layer's view for overlay merges, and patching an image's implied directories.
+//!
+//! An upper layer that adds `tmp/x` without a `tmp/` entry implies `tmp`; the writer gives it
+//! 0755 root:root mtime 0. Which attributes the merged tree should show instead depends on the
+//! layers below, known only when the image is assembled. So the writer records, per layer, what
+//! a merge needs ([`View`]: every path's kind, directory attributes, whiteouts, opaque and
+//! implied directories, and the nid of each implied directory), and writes implied directories
+//! as extended inodes: [`patch_dirs`] can then give a copy of the image the lower layers'
+//! attributes in place (mode, owner, mtime at fixed offsets of a 64-byte inode), without the tar.
+//!
+//! Text format (one record a line, `PATH` last, `\` and newline escaped as `\\` and `\n`, the
+//! root is the empty path):
+//!
+//! ```text
+//! imgstore-layer-view 1
+//! d MODE UID GID MTIME NSEC OPAQUE NID PATH    directory: MODE octal, OPAQUE `o`/`-`,
+//!                                              NID `-` (explicit) or the implied inode's nid
+//! w PATH                                       whiteout (0/0 character device)
+//! f PATH                                       anything else
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use super::format::{self, BLOCK_SIZE, S_IFCHR, S_IFDIR, S_IFMT, SLOT_SIZE, SUPER_OFFSET};
+use super::tree::{Body, Ino, Tree, ROOT};
+use super::Error;
+
+const MAGIC_LINE: &[u8] = b"imgstore-layer-view 1";
+const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
+
+/// What an overlay merge needs of one layer: each path (`""` is the root, `a/b` below it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// Every path of the layer.
+    pub paths: BTreeMap<Vec<u8>, ViewEntry>,
+}
+
+/// One path of a [`View`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewEntry {
+    /// A directory.
+    Dir(ViewDir),
+    /// A whiteout: the path is removed from the layers below.
+    Whiteout,
+    /// A file, symlink, device or FIFO.
+    Other,
+}
+
+/// A directory's attributes in a [`View`] (xattrs other than the opaque marker are not kept:
+/// see docs/design.md §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewDir {
+    /// Permission bits (`0o7777` mask).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds.
+    pub mtime: i64,
+    /// Nanoseconds of `mtime`.
+    pub mtime_nsec: u32,
+    /// `trusted.overlay.opaque=y`: the layers below are hidden under it.
+    pub opaque: bool,
+    /// The layer only implies the directory: the nid of its (extended) inode.
+    pub implied: Option<u64>,
+}
+
+impl ViewDir {
+    /// Mode and owner: what decides whether an implied directory shows something else.
+    #[must_use]
+    pub fn mode_and_owner(&self) -> (u32, u32, u32) {
+        (self.mode & 0o7777, self.uid, self.gid)
+    }
+}
+
+/// The view of the tree the writer built (`nids` from the layout).
+pub(crate) fn of_tree(tree: &Tree, nids: &[u64]) -> View {
+    let mut paths = BTreeMap::new();
+    let dir = |ino: Ino| {
+        let a = &tree.inodes[ino].attrs;
+        ViewEntry::Dir(ViewDir {
+            mode: a.mode & 0o7777,
+            uid: a.uid,
+            gid: a.gid,
+            mtime: a.mtime,
+            mtime_nsec: a.mtime_nsec,
+            opaque: a.xattrs.get(OPAQUE_XATTR).is_some_and(|v| v == b"y"),
+            implied: tree.implied.contains(&ino).then(|| nids[ino]),
+        })
+    };
+    paths.insert(Vec::new(), dir(ROOT));
+    let mut stack: Vec<(Vec<u8>, Ino)> = vec![(Vec::new(), ROOT)];
+    while let Some((path, at)) = stack.pop() {
+        let Body::Dir(children) = &tree.inodes[at].body else {
+            continue;
+        };
+        for (name, &child) in children {
+            let mut p = path.clone();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(name);
+            let inode = &tree.inodes[child];
+            let entry = match inode.body {
+                Body::Dir(_) => {
+                    stack.push((p.clone(), child));
+                    dir(child)
+                }
+                Body::Device(0, 0) if inode.attrs.mode & S_IFMT == S_IFCHR => ViewEntry::Whiteout,
+                _ => ViewEntry::Other,
+            };
+            paths.insert(p, entry);
+        }
+    }
+    View { paths }
+}
+
+impl View {
+    /// The text form (module docs).
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.paths.len() * 48);
+        out.extend_from_slice(MAGIC_LINE);
+        out.push(b'\n');
+        for (path, entry) in &self.paths {
+            match entry {
+                ViewEntry::Dir(d) => {
+                    let nid = d.implied.map_or_else(|| "-".to_owned(), |n| n.to_string());
+                    let opaque = if d.opaque { "o" } else { "-" };
+                    out.extend_from_slice(
+                        format!(
+                            "d {:o} {} {} {} {} {opaque} {nid} ",
+                            d.mode, d.uid, d.gid, d.mtime, d.mtime_nsec
+                        )
+                        .as_bytes(),
+                    );
+                }
+                ViewEntry::Whiteout => out.extend_from_slice(b"w "),
+                ViewEntry::Other => out.extend_from_slice(b"f "),
+            }
+            for &b in path {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    _ => out.push(b),
+                }
+            }
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Parse the text form.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the first bad line's byte offset.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let mut lines = bytes.split(|&b| b == b'\n');
+        if lines.next() != Some(MAGIC_LINE) {
+            return Err(Error::Corrupt {
+                what: "layer view: not an imgstore layer view (version 1)",
+                offset: 0,
+            });
+        }
+        let mut offset = MAGIC_LINE.len() as u64 + 1;
+        let mut paths = BTreeMap::new();
+        for line in lines {
+            let at = offset;
+            offset += line.len() as u64 + 1;
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |what| Error::Corrupt { what, offset: at };
+            let (entry, raw) = match line {
+                [b'w', b' ', rest @ ..] => (ViewEntry::Whiteout, rest),
+                [b'f', b' ', rest @ ..] => (ViewEntry::Other, rest),
+                [b'd', b' ', rest @ ..] => {
+                    let mut f = rest.splitn(8, |&b| b == b' ');
+                    let mut field = || {
+                        f.next()
+                            .and_then(|x| std::str::from_utf8(x).ok())
+                            .ok_or_else(|| bad("layer view: short directory record"))
+                    };
+                    let num = |s: &str| s.parse::<u64>().ok();
+                    let (mode, uid, gid, mtime, nsec, opaque, nid) = (
+                        field()?,
+                        field()?,
+                        field()?,
+                        field()?,
+                        field()?,
+                        field()?,
+                        field()?,
+                    );
+                    let dir = ViewDir {
+                        mode: u32::from_str_radix(mode, 8)
+                            .ok()
+                            .filter(|m| m & !0o7777 == 0)
+                            .ok_or_else(|| bad("layer view: bad mode"))?,
+                        uid: uid.parse().map_err(|_| bad("layer view: bad uid"))?,
+                        gid: gid.parse().map_err(|_| bad("layer view: bad gid"))?,
+                        mtime: mtime.parse().map_err(|_| bad("layer view: bad mtime"))?,
+                        mtime_nsec: nsec.parse().map_err(|_| bad("layer view: bad mtime"))?,
+                        opaque: match opaque {
+                            "o" => true,
+                            "-" => false,
+                            _ => return Err(bad("layer view: bad opaque flag")),
+                        },
+                        implied: match nid {
+                            "-" => None,
+                            n => Some(num(n).ok_or_else(|| bad("layer view: bad nid"))?),
+                        },
+                    };
+                    let rest = f.next().ok_or_else(|| bad("layer view: no path"))?;
+                    (ViewEntry::Dir(dir), rest)
+                }
+                _ => return Err(bad("layer view: unknown record")),
+            };
+            let mut path = Vec::with_capacity(raw.len());
+            let mut it = raw.iter();
+            while let Some(&b) = it.next() {
+                if b == b'\\' {
+                    match it.next() {
+                        Some(b'\\') => path.push(b'\\'),
+                        Some(b'n') => path.push(b'\n'),
+                        _ => return Err(bad("layer view: bad escape")),
+                    }
+                } else {
+                    path.push(b);
+                }
+            }
+            paths.insert(path, entry);
+        }
+        Ok(Self { paths })
+    }
+
+    /// The directories this layer only implies, with their attributes (nid inside).
+    pub fn implied(&self) -> impl Iterator<Item = (&[u8], &ViewDir)> {
+        self.paths.iter().filter_map(|(p, e)| match e {
+            ViewEntry::Dir(d) if d.implied.is_some() => Some((p.as_slice(), d)),
+            _ => None,
+        })
+    }
+}
+
+/// Give the implied directories `patches` names (by nid, as [`View`] records them) other mode,
+/// owner and mtime, in place, in an image the writer wrote (not yet published: the caller owns
+/// the file). The opaque marker and everything else stay; the image keeps its size.
+///
+/// # Errors
+/// [`Error::Corrupt`] if the image has no superblock or a nid is not an extended directory
+/// inode; [`Error::Output`] for I/O.
+pub fn patch_dirs(image: &File, patches: &[(u64, ViewDir)]) -> Result<(), Error> {
+    let mut sb = [0u8; format::SUPER_SIZE];
+    image
+        .read_exact_at(&mut sb, SUPER_OFFSET as u64)
+        .map_err(Error::output("reading the superblock"))?;
+    let sb = format::Super::decode(&sb).ok_or(Error::Corrupt {
+        what: "no EROFS superblock",
+        offset: SUPER_OFFSET as u64,
+    })?;
+    let meta = u64::from(sb.meta_blkaddr) * BLOCK_SIZE;
+    for (nid, d) in patches {
+        let at = meta + nid * SLOT_SIZE;
+        let mut inode = [0u8; format::EXTENDED_SIZE];
+        image
+            .read_exact_at(&mut inode, at)
+            .map_err(Error::output("reading an implied directory's inode"))?;
+        let h = format::InodeHeader::decode(&inode, &sb).ok_or(Error::Corrupt {
+            what: "bad inode",
+            offset: at,
+        })?;
+        if !h.extended || h.mode & S_IFMT != S_IFDIR {
+            return Err(Error::Corrupt {
+                what: "an implied directory is not an extended directory inode",
+                offset: at,
+            });
+        }
+        let mode = (S_IFDIR | (d.mode & 0o7777)) as u16;
+        inode[4..6].copy_from_slice(&mode.to_le_bytes());
+        inode[24..28].copy_from_slice(&d.uid.to_le_bytes());
+        inode[28..32].copy_from_slice(&d.gid.to_le_bytes());
+        inode[32..40].copy_from_slice(&d.mtime.to_le_bytes());
+        inode[40..44].copy_from_slice(&d.mtime_nsec.to_le_bytes());
+        image
+            .write_all_at(&inode[..48], at)
+            .map_err(Error::output("patching an implied directory's inode"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_round_trip_through_text() {
+        let mut v = View::default();
+        let d = ViewDir {
+            mode: 0o1777,
+            uid: 70_000,
+            gid: 5,
+            mtime: -3,
+            mtime_nsec: 9,
+            opaque: true,
+            implied: Some(42),
+        };
+        v.paths.insert(Vec::new(), ViewEntry::Dir(d));
+        v.paths.insert(b"a b\\c\nd".to_vec(), ViewEntry::Other);
+        v.paths.insert(b"tmp/.x".to_vec(), ViewEntry::Whiteout);
+        v.paths.insert(
+            b"tmp".to_vec(),
+            ViewEntry::Dir(ViewDir {
+                implied: None,
+                opaque: false,
+                ..d
+            }),
+        );
+        assert_eq!(View::decode(&v.encode()).unwrap(), v);
+        assert!(View::decode(b"nope\n").is_err());
+        assert!(View::decode(b"imgstore-layer-view 1\nd 7 0 0\n").is_err());
+        assert!(View::decode(b"imgstore-layer-view 1\nx a\n").is_err());
+    }
+}
