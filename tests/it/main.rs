@@ -6,6 +6,7 @@ mod cache;
 mod cache_fuzz_model;
 mod cache_model;
 mod cache_store;
+mod chain;
 mod cli;
 mod cli_output;
 mod cli_support;
