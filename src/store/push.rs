@@ -219,10 +219,16 @@ impl Store {
         let b = self.layout.backend(Kind::Oci);
         let mut layers = Vec::with_capacity(e.layers.len());
         for l in &e.layers {
-            let path = b.blob_path(&l.digest);
-            let sums = match l.blob {
-                Some(s) => s,
-                None => verify::sums_of_file(&path)?,
+            // A layer with a chain image is pushed as that image: the one VMs get, and the one
+            // that shows the right implied directories over the layers pushed with it.
+            let (path, sums) = match (l.chain, l.blob) {
+                (Some(c), _) => (b.blob_path(&c.digest), c.blob),
+                (None, Some(s)) => (b.blob_path(&l.digest), s),
+                (None, None) => {
+                    let path = b.blob_path(&l.digest);
+                    let sums = verify::sums_of_file(&path)?;
+                    (path, sums)
+                }
             };
             layers.push(Blob {
                 desc: Descriptor {
