@@ -265,3 +265,63 @@ fn a_chain_image_only_where_the_merged_tree_differs() {
     let cfg = store.config(&["plain"]).unwrap().pop().unwrap();
     assert_eq!(cfg.storage[1].path, blob(&root, &plain_digests[1]));
 }
+
+/// Pulled from a registry (the pull pipeline records the views too), the sticky `tmp` gets its
+/// chain image; pushed back as an EROFS-native image, the layer goes up as that chain image, so
+/// a store that pulls the pushed image hands VMs the same bytes.
+#[test]
+fn a_pulled_chain_image_is_what_push_sends() {
+    use crate::cli_support::run;
+    use crate::oci_image::{host_and_other_arch, ImageBuilder, LayerBuilder, OciLayout};
+    use crate::registry_server::TestRegistry;
+
+    let reg = TestRegistry::start();
+    let td = tempfile::tempdir().unwrap();
+    let (a, b) = (td.path().join("a"), td.path().join("b"));
+    let base = LayerBuilder::new()
+        .dir("boot")
+        .file("boot/vmlinuz", "kernel\n")
+        .file("boot/initrd.img", "initrd\n")
+        .dir_owned("tmp", 0o1777, 1000, 1001);
+    let upper = LayerBuilder::new().file("tmp/x", "x\n");
+    let image = ImageBuilder::new(host_and_other_arch().0)
+        .layer(base)
+        .layer(upper);
+    let mut layout = OciLayout::create(&td.path().join("layout"));
+    layout.add_image("v1", &image);
+    reg.push_oci_layout(&layout.dir, "src/tmp", "v1");
+    let source = format!("{}/src/tmp:v1", reg.host());
+    run(&a, &["pull", &source]).ok();
+    let disks = |root: &Path, r: &str| -> Vec<PathBuf> {
+        run(root, &["-o", "json", "config", r]).ok().json()[0]["storage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| PathBuf::from(d["path"].as_str().unwrap()))
+            .collect()
+    };
+    let pulled = disks(&a, &source);
+    let inspect = run(&a, &["-o", "json", "inspect", &source]).ok().json();
+    let roles: Vec<&str> = inspect["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["layer", "layer", "chain", "kernel", "initrd"]);
+    if is_root() {
+        assert_eq!(merged_tmp(&pulled), (0o1777, 1000, 1001, true));
+    }
+
+    let target = format!("{}/dst/tmp:erofs", reg.host());
+    run(&a, &["push", &source, &target]).ok();
+    run(&b, &["pull", &target]).ok();
+    let repulled = disks(&b, &target);
+    let bytes =
+        |ds: &[PathBuf]| -> Vec<Vec<u8>> { ds.iter().map(|d| fs::read(d).unwrap()).collect() };
+    assert_eq!(
+        bytes(&pulled),
+        bytes(&repulled),
+        "VMs of both stores get the same disks"
+    );
+}
