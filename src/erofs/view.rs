@@ -296,6 +296,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn implied_directories_are_patched_in_place_and_nothing_else_is() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, "tmp/x", &b"x"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        let opts = super::super::Options {
+            view: true,
+            manifest: true,
+            ..super::super::Options::default()
+        };
+        let report = super::super::write(&tar[..], &mut f, &opts).unwrap();
+        let view = report.view.unwrap();
+        let implied: Vec<_> = view.implied().map(|(p, d)| (p.to_vec(), *d)).collect();
+        assert_eq!(implied.len(), 2, "the root and tmp: {implied:?}");
+        let tmp = implied.iter().find(|(p, _)| p == b"tmp").unwrap().1;
+        let want = ViewDir {
+            mode: 0o1777,
+            uid: 70_000,
+            gid: 7,
+            mtime: 1_650_000_000,
+            mtime_nsec: 5,
+            ..tmp
+        };
+        patch_dirs(&f, &[(tmp.implied.unwrap(), want)]).unwrap();
+        let mut bytes = vec![0u8; (report.blocks * BLOCK_SIZE) as usize];
+        f.read_exact_at(&mut bytes, 0).unwrap();
+        let after = super::super::read(&bytes).unwrap();
+        let mut before = report.manifest.unwrap();
+        let node = before.get_mut(&b"tmp"[..]).unwrap();
+        (node.mode, node.uid, node.gid) = (S_IFDIR | 0o1777, 70_000, 7);
+        (node.mtime, node.mtime_nsec) = (1_650_000_000, 5);
+        assert_eq!(after, before, "only tmp's attributes changed");
+        // A nid that is not an implied (extended) directory is refused.
+        let file_nid = after[&b"tmp/x"[..]].nid;
+        assert!(matches!(
+            patch_dirs(&f, &[(file_nid, want)]),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
     fn views_round_trip_through_text() {
         let mut v = View::default();
         let d = ViewDir {

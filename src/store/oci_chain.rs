@@ -87,8 +87,8 @@ impl Store {
                 Some(c) => c.blob.temp.path().to_path_buf(),
                 None => self.layout.backend(Kind::Oci).blob_path(&layer.digest),
             };
-            let staged = self.make_chain(&source, &layer.digest, &key, &patches)?;
-            out.push(Some(Chain {
+            let made = self.make_chain(&source, &layer.digest, &key, &patches)?;
+            out.push(made.map(|staged| Chain {
                 key,
                 sums: staged.sums,
                 staged: Some(staged),
@@ -126,29 +126,43 @@ impl Store {
     }
 
     /// Copy the layer image at `source` into the backend's temp dir, patch its implied
-    /// directories, and stage it (hashed, fsynced) for `blobs/<key>.erofs`.
+    /// directories, and stage it (hashed, fsynced) for `blobs/<key>.erofs`. `None` (with a
+    /// warning) if the image does not have the inodes its view names (a view that does not
+    /// belong to the stored image): the layer then stays parent-independent, as before the rule.
     fn make_chain(
         &self,
         source: &std::path::Path,
         layer: &Digest,
         key: &Digest,
         patches: &[(u64, erofs::ViewDir)],
-    ) -> Result<Staged, Error> {
+    ) -> Result<Option<Staged>, Error> {
         let b = self.layout.backend(Kind::Oci);
         let mut temp = TempFile::create_in(&b.temp_dir(), "chain")?;
         let mut from = File::open(source).map_err(io_err("opening layer image", source))?;
         // `io::copy` between files uses copy_file_range: a reflink where the filesystem can.
         io::copy(&mut from, temp.file()).map_err(io_err("copying layer image to", temp.path()))?;
-        erofs::patch_dirs(temp.file(), patches).map_err(|source| Error::LayerFrom {
-            source_name: format!("layer {layer}"),
-            source: source.into(),
-        })?;
+        match erofs::patch_dirs(temp.file(), patches) {
+            Ok(()) => {}
+            Err(e @ erofs::Error::Corrupt { .. }) => {
+                tracing::warn!(
+                    "layer {layer}: its view does not match {}: {e}; no chain image",
+                    source.display()
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(Error::LayerFrom {
+                    source_name: format!("layer {layer}"),
+                    source: e.into(),
+                })
+            }
+        }
         let what = format!("layer {layer} over its parents (chain {key})");
-        Ok(ingest::stage_filled(
+        Ok(Some(ingest::stage_filled(
             temp,
             &what,
             &Expected::default(),
             &|_| {},
-        )?)
+        )?))
     }
 }
