@@ -72,13 +72,14 @@ say "hostname=$(cat /merged/etc/hostname)"
 if [ -e /merged/etc/removed-later ]; then say "removed-later=present"; else say "removed-later=absent"; fi
 say "var/cache=$(echo $(ls -A /merged/var/cache))"
 say "whiteout names visible=$(find /merged -name '.wh.*' | wc -l)"
-for p in srv/owned srv/data usr/bin/tool; do say "stat $p $(stat -c '%u:%g %a %F' /merged/$p)"; done
+for p in srv/owned srv/data usr/bin/tool tmp; do say "stat $p $(stat -c '%u:%g %a %F' /merged/$p)"; done
 say "kernel in its layer=$(stat -c %s /merged/boot/vmlinuz)"
 say "device node=$(stat -c '%F %t:%T %a' /merged/srv/disk)"
 "#;
 
 /// The test image: a base with owned files, a boot layer with the real kernel and an initrd
-/// running [`OCI_GUEST`], and an upper layer that replaces, deletes and hides base files.
+/// running [`OCI_GUEST`], and an upper layer that replaces, deletes and hides base files and
+/// adds `tmp/x` without `tmp/` over the base's 1777 `tmp`.
 fn guest_image(work: &Path) -> ImageBuilder {
     let initrd_path = work.join("initrd.img");
     initrd(OCI_GUEST, &initrd_path);
@@ -98,7 +99,8 @@ fn guest_image(work: &Path) -> ImageBuilder {
         .dir("var")
         .dir("var/cache")
         .file("var/cache/a", "hidden by the opaque dir of the top layer\n")
-        .file("var/cache/c", "hidden too\n");
+        .file("var/cache/c", "hidden too\n")
+        .dir_owned("tmp", 0o1777, 1000, 1001);
     let boot = LayerBuilder::new()
         .gzip_level(0)
         .dir("boot")
@@ -114,7 +116,9 @@ fn guest_image(work: &Path) -> ImageBuilder {
         .file("etc/hostname", "upper\n")
         .whiteout("etc/removed-later")
         .opaque("var/cache")
-        .file("var/cache/b", "new in the top layer\n");
+        .file("var/cache/b", "new in the top layer\n")
+        // Implies `tmp`: the chain rule hands the VM this layer's chain image (docs §11).
+        .file("tmp/x", "x\n");
     ImageBuilder::new(host_and_other_arch().0)
         .layer(base)
         .layer(boot)
@@ -152,6 +156,8 @@ fn assert_guest_saw_the_image(run: &GuestRun) {
     run.assert_said("stat srv/owned 1234:5678 604 regular file");
     run.assert_said("stat srv/data 42:43 750 directory");
     run.assert_said("stat usr/bin/tool 0:0 755 regular file");
+    // The top layer only implies `tmp`: the base's sticky mode and owner show through.
+    run.assert_said("stat tmp 1000:1001 1777 directory");
     // Each disk is its layer: the base disk still has the base's version of a replaced file.
     run.assert_said("layer0 hostname=base");
     // The conversion turned the OCI whiteout into an overlay whiteout (a 0:0 character device).
