@@ -28,11 +28,16 @@ struct Plan {
     extra: Vec<u8>,
     /// Length of the inline tail `extra` will hold once directory blocks are encoded.
     inline_tail: u64,
+    /// Zero bytes kept after the xattrs of an implied directory, so a chain image can give it
+    /// the lower layers' xattrs in place (`super::view::XATTR_ROOM`).
+    reserve: u64,
 }
 
 impl Plan {
     fn len(&self) -> u64 {
-        (self.header.len() + self.xattrs.len() + self.extra.len()) as u64 + self.inline_tail
+        (self.header.len() + self.xattrs.len() + self.extra.len()) as u64
+            + self.inline_tail
+            + self.reserve
     }
 }
 
@@ -206,13 +211,23 @@ fn plan(tree: &Tree, i: Ino, w: &Walk, build: (i64, u32)) -> Result<Plan, Error>
         }
         Body::Fifo => {}
     }
-    // Implied directories are extended, so `super::view::patch_dirs` can give them other
-    // attributes in place (32 bytes more per implied directory).
-    header.extended =
-        tree.implied.contains(&i) || !header.fits_compact(build.0.cast_unsigned(), build.1);
+    // Implied directories are extended, flat (no inline tail after the xattrs) and followed by
+    // room for xattrs, so `super::view::patch_dirs` can give them other attributes and xattrs
+    // in place (about 300 bytes and one directory block more per implied directory).
+    let implied = tree.implied.contains(&i);
+    header.extended = implied || !header.fits_compact(build.0.cast_unsigned(), build.1);
+    let reserve = if implied {
+        super::view::XATTR_ROOM.saturating_sub(xattrs.len()) as u64
+    } else {
+        0
+    };
     let mut inline_tail = 0;
     let tail = header.size % BLOCK_SIZE;
-    if blocks_of_bytes && tail > 0 && (header.len() + xattrs.len()) as u64 + tail <= BLOCK_SIZE {
+    if !implied
+        && blocks_of_bytes
+        && tail > 0
+        && (header.len() + xattrs.len()) as u64 + tail <= BLOCK_SIZE
+    {
         // The last partial block goes right after the inode, in the same block.
         header.layout = DataLayout::FlatInline;
         inline_tail = tail;
@@ -222,6 +237,7 @@ fn plan(tree: &Tree, i: Ino, w: &Walk, build: (i64, u32)) -> Result<Plan, Error>
         xattrs,
         extra,
         inline_tail,
+        reserve,
     })
 }
 
@@ -304,7 +320,8 @@ pub(crate) fn finish<W: Write + Seek>(
         area.out
             .write_all(&bytes)
             .map_err(Error::output("writing inodes"))?;
-        written = at + bytes.len() as u64;
+        pad(&mut area.out, plan.reserve)?;
+        written = at + bytes.len() as u64 + plan.reserve;
     }
     debug_assert_eq!(written, meta_len);
     pad(

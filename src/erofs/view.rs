@@ -5,16 +5,19 @@
 //! layers below, known only when the image is assembled. So the writer records, per layer, what
 //! a merge needs ([`View`]: every path's kind, directory attributes, whiteouts, opaque and
 //! implied directories, and the nid of each implied directory), and writes implied directories
-//! as extended inodes: [`patch_dirs`] can then give a copy of the image the lower layers'
-//! attributes in place (mode, owner, mtime at fixed offsets of a 64-byte inode), without the tar.
+//! as extended, flat inodes followed by [`XATTR_ROOM`] bytes for xattrs: [`patch_dirs`] can then
+//! give a copy of the image the lower layers' attributes in place (mode, owner, mtime at fixed
+//! offsets of a 64-byte inode, xattrs in the room after it), without the tar.
 //!
 //! Text format (one record a line, `PATH` last, `\` and newline escaped as `\\` and `\n`, the
 //! root is the empty path):
 //!
 //! ```text
 //! imgstore-layer-view 1
-//! d MODE UID GID MTIME NSEC OPAQUE NID PATH    directory: MODE octal, OPAQUE `o`/`-`,
-//!                                              NID `-` (explicit) or the implied inode's nid
+//! d MODE UID GID MTIME NSEC OPAQUE NID XATTRS PATH
+//!                          directory: MODE octal, OPAQUE `o`/`-`, NID `-` (explicit) or the
+//!                          implied inode's nid, XATTRS `-` or `NAME=VALUE,…` in hex (the
+//!                          layer's own `trusted.overlay.*` are not listed)
 //! w PATH                                       whiteout (0/0 character device)
 //! f PATH                                       anything else
 //! ```
@@ -28,7 +31,12 @@ use super::tree::{Body, Ino, Tree, ROOT};
 use super::Error;
 
 const MAGIC_LINE: &[u8] = b"imgstore-layer-view 1";
-const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
+const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
+const OPAQUE_XATTR_NAME: &[u8] = b"trusted.overlay.opaque";
+
+/// Bytes of inline xattr area an implied directory can hold after patching (header and
+/// entries): room for a security label and a few `user.*` attributes.
+pub const XATTR_ROOM: usize = 256;
 
 /// What an overlay merge needs of one layer: each path (`""` is the root, `a/b` below it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,9 +56,8 @@ pub enum ViewEntry {
     Other,
 }
 
-/// A directory's attributes in a [`View`] (xattrs other than the opaque marker are not kept:
-/// see docs/design.md §11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A directory's attributes in a [`View`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ViewDir {
     /// Permission bits (`0o7777` mask).
     pub mode: u32,
@@ -66,13 +73,15 @@ pub struct ViewDir {
     pub opaque: bool,
     /// The layer only implies the directory: the nid of its (extended) inode.
     pub implied: Option<u64>,
+    /// Xattrs, full names, without `trusted.overlay.*` (the overlay's markers are the layer's).
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl ViewDir {
-    /// Mode and owner: what decides whether an implied directory shows something else.
+    /// Mode, owner and xattrs: what decides whether an implied directory shows something else.
     #[must_use]
-    pub fn mode_and_owner(&self) -> (u32, u32, u32) {
-        (self.mode & 0o7777, self.uid, self.gid)
+    pub fn decides(&self) -> (u32, u32, u32, &BTreeMap<Vec<u8>, Vec<u8>>) {
+        (self.mode & 0o7777, self.uid, self.gid, &self.xattrs)
     }
 }
 
@@ -87,8 +96,15 @@ pub(crate) fn of_tree(tree: &Tree, nids: &[u64]) -> View {
             gid: a.gid,
             mtime: a.mtime,
             mtime_nsec: a.mtime_nsec,
-            opaque: a.xattrs.get(OPAQUE_XATTR).is_some_and(|v| v == b"y"),
+            opaque: a.xattrs.get(OPAQUE_XATTR_NAME).is_some_and(|v| v == b"y"),
             implied: tree.implied.contains(&ino).then(|| nids[ino]),
+            xattrs: a
+                .xattrs
+                .iter()
+                .filter(|(k, _)| !k.starts_with(OVERLAY_PREFIX))
+                .filter(|(k, _)| format::split_xattr_name(k).is_some())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     };
     paths.insert(Vec::new(), dir(ROOT));
@@ -130,9 +146,19 @@ impl View {
                 ViewEntry::Dir(d) => {
                     let nid = d.implied.map_or_else(|| "-".to_owned(), |n| n.to_string());
                     let opaque = if d.opaque { "o" } else { "-" };
+                    let xattrs = if d.xattrs.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        let pairs: Vec<String> = d
+                            .xattrs
+                            .iter()
+                            .map(|(k, v)| format!("{}={}", hex(k), hex(v)))
+                            .collect();
+                        pairs.join(",")
+                    };
                     out.extend_from_slice(
                         format!(
-                            "d {:o} {} {} {} {} {opaque} {nid} ",
+                            "d {:o} {} {} {} {} {opaque} {nid} {xattrs} ",
                             d.mode, d.uid, d.gid, d.mtime, d.mtime_nsec
                         )
                         .as_bytes(),
@@ -178,14 +204,15 @@ impl View {
                 [b'w', b' ', rest @ ..] => (ViewEntry::Whiteout, rest),
                 [b'f', b' ', rest @ ..] => (ViewEntry::Other, rest),
                 [b'd', b' ', rest @ ..] => {
-                    let mut f = rest.splitn(8, |&b| b == b' ');
+                    let mut f = rest.splitn(9, |&b| b == b' ');
                     let mut field = || {
                         f.next()
                             .and_then(|x| std::str::from_utf8(x).ok())
                             .ok_or_else(|| bad("layer view: short directory record"))
                     };
                     let num = |s: &str| s.parse::<u64>().ok();
-                    let (mode, uid, gid, mtime, nsec, opaque, nid) = (
+                    let (mode, uid, gid, mtime, nsec, opaque, nid, xattrs) = (
+                        field()?,
                         field()?,
                         field()?,
                         field()?,
@@ -211,6 +238,17 @@ impl View {
                         implied: match nid {
                             "-" => None,
                             n => Some(num(n).ok_or_else(|| bad("layer view: bad nid"))?),
+                        },
+                        xattrs: match xattrs {
+                            "-" => BTreeMap::new(),
+                            list => list
+                                .split(',')
+                                .map(|pair| {
+                                    let (k, v) = pair.split_once('=')?;
+                                    Some((unhex(k)?, unhex(v)?))
+                                })
+                                .collect::<Option<_>>()
+                                .ok_or_else(|| bad("layer view: bad xattrs"))?,
                         },
                     };
                     let rest = f.next().ok_or_else(|| bad("layer view: no path"))?;
@@ -245,14 +283,35 @@ impl View {
     }
 }
 
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Give the implied directories `patches` names (by nid, as [`View`] records them) other mode,
-/// owner and mtime, in place, in an image the writer wrote (not yet published: the caller owns
-/// the file). The opaque marker and everything else stay; the image keeps its size.
+/// owner, mtime and xattrs (`ViewDir::xattrs`, plus the opaque marker when `ViewDir::opaque`),
+/// in place, in an image the writer wrote (not yet published: the caller owns the file). The
+/// image keeps its size. Xattrs that do not fit [`XATTR_ROOM`] are left out; the return value
+/// counts the directories that lost them.
 ///
 /// # Errors
-/// [`Error::Corrupt`] if the image has no superblock or a nid is not an extended directory
-/// inode; [`Error::Output`] for I/O.
-pub fn patch_dirs(image: &File, patches: &[(u64, ViewDir)]) -> Result<(), Error> {
+/// [`Error::Corrupt`] if the image has no superblock, or a nid is not an extended flat directory
+/// inode followed by its xattr room (an image or view the writer did not make together);
+/// [`Error::Output`] for I/O.
+pub fn patch_dirs(image: &File, patches: &[(u64, ViewDir)]) -> Result<usize, Error> {
     let mut sb = [0u8; format::SUPER_SIZE];
     image
         .read_exact_at(&mut sb, SUPER_OFFSET as u64)
@@ -262,9 +321,10 @@ pub fn patch_dirs(image: &File, patches: &[(u64, ViewDir)]) -> Result<(), Error>
         offset: SUPER_OFFSET as u64,
     })?;
     let meta = u64::from(sb.meta_blkaddr) * BLOCK_SIZE;
+    let mut lost = 0;
     for (nid, d) in patches {
         let at = meta + nid * SLOT_SIZE;
-        let mut inode = [0u8; format::EXTENDED_SIZE];
+        let mut inode = vec![0u8; format::EXTENDED_SIZE + XATTR_ROOM];
         image
             .read_exact_at(&mut inode, at)
             .map_err(Error::output("reading an implied directory's inode"))?;
@@ -272,23 +332,52 @@ pub fn patch_dirs(image: &File, patches: &[(u64, ViewDir)]) -> Result<(), Error>
             what: "bad inode",
             offset: at,
         })?;
-        if !h.extended || h.mode & S_IFMT != S_IFDIR {
+        let used = format::EXTENDED_SIZE + format::xattr_ibody_size(h.xattr_icount);
+        if !h.extended
+            || h.mode & S_IFMT != S_IFDIR
+            || h.layout != format::DataLayout::FlatPlain
+            || used > inode.len()
+            || inode[used..].iter().any(|&b| b != 0)
+        {
             return Err(Error::Corrupt {
-                what: "an implied directory is not an extended directory inode",
+                what: "an implied directory is not an extended flat directory inode with room",
                 offset: at,
             });
         }
+        let mut xattrs = d.xattrs.clone();
+        xattrs.retain(|k, _| !k.starts_with(OVERLAY_PREFIX));
+        if d.opaque {
+            xattrs.insert(OPAQUE_XATTR_NAME.to_vec(), b"y".to_vec());
+        }
+        let split: Vec<(u8, &[u8], &[u8])> = xattrs
+            .iter()
+            .filter_map(|(k, v)| format::split_xattr_name(k).map(|(i, s)| (i, s, v.as_slice())))
+            .collect();
+        let (area, icount) = match format::encode_xattrs(&split) {
+            Some((area, icount)) if area.len() <= XATTR_ROOM => (area, icount),
+            _ => {
+                // Too many to fit: mode, owner and mtime still change; the xattrs stay as the
+                // writer left them (only the layer's own opaque marker).
+                lost += 1;
+                let old = inode[format::EXTENDED_SIZE..used].to_vec();
+                (old, h.xattr_icount)
+            }
+        };
         let mode = (S_IFDIR | (d.mode & 0o7777)) as u16;
+        inode[2..4].copy_from_slice(&icount.to_le_bytes());
         inode[4..6].copy_from_slice(&mode.to_le_bytes());
         inode[24..28].copy_from_slice(&d.uid.to_le_bytes());
         inode[28..32].copy_from_slice(&d.gid.to_le_bytes());
         inode[32..40].copy_from_slice(&d.mtime.to_le_bytes());
         inode[40..44].copy_from_slice(&d.mtime_nsec.to_le_bytes());
+        inode.truncate(format::EXTENDED_SIZE);
+        inode.extend_from_slice(&area);
+        inode.resize(format::EXTENDED_SIZE + XATTR_ROOM, 0);
         image
-            .write_all_at(&inode[..48], at)
+            .write_all_at(&inode, at)
             .map_err(Error::output("patching an implied directory's inode"))?;
     }
-    Ok(())
+    Ok(lost)
 }
 
 #[cfg(test)]
@@ -311,18 +400,28 @@ mod tests {
         };
         let report = super::super::write(&tar[..], &mut f, &opts).unwrap();
         let view = report.view.unwrap();
-        let implied: Vec<_> = view.implied().map(|(p, d)| (p.to_vec(), *d)).collect();
+        let implied: Vec<_> = view
+            .implied()
+            .map(|(p, d)| (p.to_vec(), d.clone()))
+            .collect();
         assert_eq!(implied.len(), 2, "the root and tmp: {implied:?}");
-        let tmp = implied.iter().find(|(p, _)| p == b"tmp").unwrap().1;
+        let tmp = implied.iter().find(|(p, _)| p == b"tmp").unwrap().1.clone();
+        let label = b"system_u:object_r:tmp_t:s0".to_vec();
         let want = ViewDir {
             mode: 0o1777,
             uid: 70_000,
             gid: 7,
             mtime: 1_650_000_000,
             mtime_nsec: 5,
-            ..tmp
+            opaque: true,
+            xattrs: BTreeMap::from([
+                (b"security.selinux".to_vec(), label.clone()),
+                (b"user.k".to_vec(), b"v".to_vec()),
+            ]),
+            ..tmp.clone()
         };
-        patch_dirs(&f, &[(tmp.implied.unwrap(), want)]).unwrap();
+        let lost = patch_dirs(&f, &[(tmp.implied.unwrap(), want.clone())]).unwrap();
+        assert_eq!(lost, 0);
         let mut bytes = vec![0u8; (report.blocks * BLOCK_SIZE) as usize];
         f.read_exact_at(&mut bytes, 0).unwrap();
         let after = super::super::read(&bytes).unwrap();
@@ -330,7 +429,23 @@ mod tests {
         let node = before.get_mut(&b"tmp"[..]).unwrap();
         (node.mode, node.uid, node.gid) = (S_IFDIR | 0o1777, 70_000, 7);
         (node.mtime, node.mtime_nsec) = (1_650_000_000, 5);
+        node.xattrs = BTreeMap::from([
+            (b"security.selinux".to_vec(), label),
+            (b"trusted.overlay.opaque".to_vec(), b"y".to_vec()),
+            (b"user.k".to_vec(), b"v".to_vec()),
+        ]);
         assert_eq!(after, before, "only tmp's attributes changed");
+        // Xattrs beyond the room: mode and owner still change, the xattrs are counted as lost.
+        let big = ViewDir {
+            mode: 0o700,
+            xattrs: BTreeMap::from([(b"user.big".to_vec(), vec![b'x'; XATTR_ROOM])]),
+            ..want.clone()
+        };
+        assert_eq!(patch_dirs(&f, &[(tmp.implied.unwrap(), big)]).unwrap(), 1);
+        f.read_exact_at(&mut bytes, 0).unwrap();
+        let node = &super::super::read(&bytes).unwrap()[&b"tmp"[..]];
+        assert_eq!(node.mode, S_IFDIR | 0o700);
+        assert!(node.xattrs.contains_key(&b"user.k"[..]), "the previous xattrs stay");
         // A nid that is not an implied (extended) directory is refused.
         let file_nid = after[&b"tmp/x"[..]].nid;
         assert!(matches!(
@@ -350,8 +465,12 @@ mod tests {
             mtime_nsec: 9,
             opaque: true,
             implied: Some(42),
+            xattrs: BTreeMap::from([
+                (b"user.a b".to_vec(), b"\n,=\x00".to_vec()),
+                (b"security.selinux".to_vec(), b"x".to_vec()),
+            ]),
         };
-        v.paths.insert(Vec::new(), ViewEntry::Dir(d));
+        v.paths.insert(Vec::new(), ViewEntry::Dir(d.clone()));
         v.paths.insert(b"a b\\c\nd".to_vec(), ViewEntry::Other);
         v.paths.insert(b"tmp/.x".to_vec(), ViewEntry::Whiteout);
         v.paths.insert(
@@ -359,6 +478,7 @@ mod tests {
             ViewEntry::Dir(ViewDir {
                 implied: None,
                 opaque: false,
+                xattrs: BTreeMap::new(),
                 ..d
             }),
         );

@@ -142,7 +142,11 @@ impl Store {
         // `io::copy` between files uses copy_file_range: a reflink where the filesystem can.
         io::copy(&mut from, temp.file()).map_err(io_err("copying layer image to", temp.path()))?;
         match erofs::patch_dirs(temp.file(), patches) {
-            Ok(()) => {}
+            Ok(0) => {}
+            Ok(lost) => tracing::warn!(
+                "layer {layer}: the lower layers' xattrs of {lost} implied directories do not \
+                 fit in its chain image; mode, owner and mtime are carried"
+            ),
             Err(e @ erofs::Error::Corrupt { .. }) => {
                 tracing::warn!(
                     "layer {layer}: its view does not match {}: {e}; no chain image",

@@ -16,10 +16,14 @@ use imgstore::Digest;
 /// One tar entry: path, mode, (uid, gid), contents (a file) or `None` (a directory).
 type Entry<'a> = (&'a str, u32, (u64, u64), Option<&'a [u8]>);
 
-/// A plain layer tar of `entries`.
-fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
+/// A plain layer tar of `entries`; the entry at `xattr.0` gets the xattr `xattr.1` (PAX).
+fn tar_of(entries: &[Entry<'_>], xattr: Option<(&str, (&str, &[u8]))>) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, mode, owner, data) in entries {
+        if let Some((_, (name, value))) = xattr.filter(|(p, _)| p == path) {
+            let key = format!("SCHILY.xattr.{name}");
+            b.append_pax_extensions([(key.as_str(), value)]).unwrap();
+        }
         let mut h = tar::Header::new_gnu();
         h.set_mode(*mode);
         h.set_uid(owner.0);
@@ -37,19 +41,23 @@ fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// A base layer with a kernel, an initrd and `tmp/` as given.
-fn base(tmp_mode: u32, tmp_owner: (u64, u64)) -> Vec<u8> {
-    tar_of(&[
-        ("boot/", 0o755, (0, 0), None),
-        ("boot/vmlinuz-6.1", 0o644, (0, 0), Some(b"kernel")),
-        ("boot/initrd.img-6.1", 0o644, (0, 0), Some(b"initrd")),
-        ("tmp/", tmp_mode, tmp_owner, None),
-    ])
+/// A base layer with a kernel, an initrd and `tmp/` as given (with `user.test=base` when
+/// `labelled`).
+fn base(tmp_mode: u32, tmp_owner: (u64, u64), labelled: bool) -> Vec<u8> {
+    tar_of(
+        &[
+            ("boot/", 0o755, (0, 0), None),
+            ("boot/vmlinuz-6.1", 0o644, (0, 0), Some(b"kernel")),
+            ("boot/initrd.img-6.1", 0o644, (0, 0), Some(b"initrd")),
+            ("tmp/", tmp_mode, tmp_owner, None),
+        ],
+        labelled.then_some(("tmp/", ("user.test", &b"base"[..]))),
+    )
 }
 
 /// An upper layer that adds `tmp/x` without a `tmp/` entry.
 fn upper() -> Vec<u8> {
-    tar_of(&[("tmp/x", 0o644, (0, 0), Some(b"x"))])
+    tar_of(&[("tmp/x", 0o644, (0, 0), Some(b"x"))], None)
 }
 
 /// Write each tar to a file in `dir`; their paths and digests (sha256 of the tar, as `import`
@@ -97,9 +105,12 @@ fn mount(args: &[&str], source: &str) -> Mount {
     Mount(dir)
 }
 
+/// What the merged tree shows of `tmp`: mode, uid, gid, `user.test`, and whether `tmp/x` is there.
+type Tmp = (u32, u32, u32, Option<Vec<u8>>, bool);
+
 /// Mount the disks (base first) as a VM's init does: each EROFS read-only, merged by overlayfs
-/// with the top layer first; `(mode, uid, gid)` of the merged `tmp`, and whether `tmp/x` is there.
-fn merged_tmp(disks: &[PathBuf]) -> (u32, u32, u32, bool) {
+/// with the top layer first; what the merged `tmp` shows.
+fn merged_tmp(disks: &[PathBuf]) -> Tmp {
     let layers: Vec<Mount> = disks
         .iter()
         .map(|d| mount(&["-t", "erofs", "-o", "loop,ro"], d.to_str().unwrap()))
@@ -118,10 +129,18 @@ fn merged_tmp(disks: &[PathBuf]) -> (u32, u32, u32, bool) {
         ],
         "overlay",
     );
-    let md = fs::metadata(merged.0.path().join("tmp")).unwrap();
+    let tmp = merged.0.path().join("tmp");
+    let md = fs::metadata(&tmp).unwrap();
+    let label = xattr::get(&tmp, "user.test").unwrap();
     let has_x = merged.0.path().join("tmp/x").exists();
     drop(merged);
-    (md.permissions().mode() & 0o7777, md.uid(), md.gid(), has_x)
+    (
+        md.permissions().mode() & 0o7777,
+        md.uid(),
+        md.gid(),
+        label,
+        has_x,
+    )
 }
 
 fn gc_now(store: &Store) -> imgstore::gc::GcReport {
@@ -132,8 +151,8 @@ fn gc_now(store: &Store) -> imgstore::gc::GcReport {
     store.gc(&opts, &[]).unwrap()
 }
 
-/// The acceptance corpus item: base `tmp` 1777 owned 1000:1001, the upper layer only `tmp/x`.
-/// The VM's merged `/tmp` keeps the base's mode and owner; the parent-independent image stays
+/// The acceptance corpus item: base `tmp` 1777 owned 1000:1001 with `user.test=base`, the upper
+/// layer only `tmp/x`. The VM's merged `/tmp` keeps the base's mode, owner and xattr; the parent-independent image stays
 /// under the layer digest for cocoon (there `/tmp` is 0755); gc keeps both while the image is
 /// referenced and collects both after `rm`.
 #[test]
@@ -143,7 +162,7 @@ fn an_upper_layer_implying_a_sticky_tmp_keeps_it_in_the_vm() {
     let (paths, digests) = files(
         td.path(),
         &[
-            ("base.tar", base(0o1777, (1000, 1001))),
+            ("base.tar", base(0o1777, (1000, 1001), true)),
             ("upper.tar", upper()),
         ],
     );
@@ -197,12 +216,12 @@ fn an_upper_layer_implying_a_sticky_tmp_keeps_it_in_the_vm() {
     if is_root() {
         assert_eq!(
             merged_tmp(&disks),
-            (0o1777, 1000, 1001, true),
+            (0o1777, 1000, 1001, Some(b"base".to_vec()), true),
             "the VM sees the base's tmp"
         );
         assert_eq!(
             merged_tmp(&[disks[0].clone(), cocoon.clone()]),
-            (0o755, 0, 0, true),
+            (0o755, 0, 0, None, true),
             "the parent-independent image is what cocoon boots"
         );
     } else {
@@ -230,7 +249,10 @@ fn a_chain_image_only_where_the_merged_tree_differs() {
     let root = td.path().join("store");
     let (plain, plain_digests) = files(
         td.path(),
-        &[("base.tar", base(0o755, (0, 0))), ("upper.tar", upper())],
+        &[
+            ("base.tar", base(0o755, (0, 0), false)),
+            ("upper.tar", upper()),
+        ],
     );
     let store = Store::open(&root).unwrap();
     store
@@ -247,7 +269,10 @@ fn a_chain_image_only_where_the_merged_tree_differs() {
     // The same upper layer (reused, not converted again) over a sticky tmp.
     let (sticky, sticky_digests) = files(
         td.path(),
-        &[("base2.tar", base(0o1777, (0, 0))), ("upper2.tar", upper())],
+        &[
+            ("base2.tar", base(0o1777, (0, 0), false)),
+            ("upper2.tar", upper()),
+        ],
     );
     assert_eq!(sticky_digests[1], plain_digests[1]);
     store
@@ -257,7 +282,7 @@ fn a_chain_image_only_where_the_merged_tree_differs() {
     let disks: Vec<PathBuf> = cfg.storage.iter().map(|d| d.path.clone()).collect();
     assert_ne!(disks[1], blob(&root, &sticky_digests[1]));
     if is_root() {
-        assert_eq!(merged_tmp(&disks), (0o1777, 0, 0, true));
+        assert_eq!(merged_tmp(&disks), (0o1777, 0, 0, None, true));
     } else {
         eprintln!("skipping the kernel mounts: not root");
     }
@@ -310,7 +335,7 @@ fn a_pulled_chain_image_is_what_push_sends() {
         .collect();
     assert_eq!(roles, ["layer", "layer", "chain", "kernel", "initrd"]);
     if is_root() {
-        assert_eq!(merged_tmp(&pulled), (0o1777, 1000, 1001, true));
+        assert_eq!(merged_tmp(&pulled), (0o1777, 1000, 1001, None, true));
     }
 
     let target = format!("{}/dst/tmp:erofs", reg.host());

@@ -3,8 +3,9 @@
 //!
 //! A layer that only implies a directory (adds `tmp/x` without `tmp/`) gets it as 0755
 //! root:root from the writer; the overlay would show that over a base layer's 1777 `tmp`. When
-//! the directories below show another mode or owner, the layer gets a second image, keyed by its
-//! chain ID, whose implied directories carry the merged lower attributes (mode, owner, mtime).
+//! the directories below show another mode, owner or xattrs, the layer gets a second image,
+//! keyed by its chain ID, whose implied directories carry the merged lower attributes (mode,
+//! owner, mtime, xattrs).
 //! Under that rule an implied directory shows what is below it, so the merged attributes of a
 //! path are those of the topmost layer that has it as an explicit directory, unless a layer in
 //! between removes it (whiteout, a non-directory over it or over a parent, an opaque parent).
@@ -74,8 +75,8 @@ pub fn lower_dir<'a>(lowers: &[Option<&'a View>], path: &[u8]) -> Option<&'a Vie
 }
 
 /// The implied directories of layer `i` (by nid) to patch with the attributes of the layers
-/// below, or nothing when none of them would show another mode or owner: then the layer's
-/// image does not depend on its parents. An mtime difference alone does not make a chain image,
+/// below, or nothing when none of them would show another mode, owner or xattrs: then the
+/// layer's image does not depend on its parents. An mtime difference alone does not make a chain image,
 /// but one that is made carries the lower mtimes too.
 #[must_use]
 pub fn patches(views: &[Option<View>], i: usize) -> Vec<(u64, ViewDir)> {
@@ -93,11 +94,17 @@ pub fn patches(views: &[Option<View>], i: usize) -> Vec<(u64, ViewDir)> {
         let Some(lower) = lower_dir(&lowers, path) else {
             continue;
         };
-        differs |= lower.mode_and_owner() != own.mode_and_owner();
-        if (lower.mode_and_owner(), lower.mtime, lower.mtime_nsec)
-            != (own.mode_and_owner(), own.mtime, own.mtime_nsec)
+        differs |= lower.decides() != own.decides();
+        if (lower.decides(), lower.mtime, lower.mtime_nsec)
+            != (own.decides(), own.mtime, own.mtime_nsec)
         {
-            out.push((nid, *lower));
+            // The lower attributes, with this layer's own opaque marker.
+            let patch = ViewDir {
+                opaque: own.opaque,
+                implied: own.implied,
+                ..lower.clone()
+            };
+            out.push((nid, patch));
         }
     }
     if differs {
@@ -120,6 +127,7 @@ mod tests {
             mtime_nsec: 0,
             opaque,
             implied,
+            xattrs: std::collections::BTreeMap::new(),
         })
     }
 
@@ -173,6 +181,19 @@ mod tests {
         ] {
             assert!(patches(&[base(), mid, upper()], 2).is_empty());
         }
+        // Only xattrs differ below: a chain image carrying them.
+        let mut labelled = base();
+        if let Some(ViewEntry::Dir(d)) = labelled
+            .as_mut()
+            .and_then(|v| v.paths.get_mut(&b"tmp"[..]))
+        {
+            d.mode = 0o755;
+            d.xattrs
+                .insert(b"security.selinux".to_vec(), b"tmp_t".to_vec());
+        }
+        let p = patches(&[labelled, upper()], 1);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].1.xattrs.len(), 1);
         // Same mode and owner below: no chain image.
         let same = view(&[("tmp", dir(0o755, None, false))]);
         assert!(patches(&[same, upper()], 1).is_empty());
