@@ -1,9 +1,9 @@
 //! Chain-keyed layer images (docs/design.md §11 "Implied directories and the chain rule"): after
 //! every layer of an image is converted or found in the store, each layer's view
 //! (`boot/<layer>/layer.view`, written by the conversion and published with its boot dir) says
-//! which directories it only implies; where the layers below show another mode or owner for
-//! one, the layer gets a second image, `blobs/<chain>.erofs`: a copy of its parent-independent
-//! image (kept under the layer digest for cocoon) with those inodes patched
+//! which directories it only implies; where the layers below show another mode, owner or
+//! xattrs for one, the layer gets a second image, `blobs/<chain>.erofs`: a copy of its
+//! parent-independent image (kept under the layer digest for cocoon) with those inodes patched
 //! (`erofs::patch_dirs`), staged and published through ingest like any blob.
 //!
 //! Locking: a chain ID is a function of the digests of the layer and all layers below it, so

@@ -152,9 +152,9 @@ fn gc_now(store: &Store) -> imgstore::gc::GcReport {
 }
 
 /// The acceptance corpus item: base `tmp` 1777 owned 1000:1001 with `user.test=base`, the upper
-/// layer only `tmp/x`. The VM's merged `/tmp` keeps the base's mode, owner and xattr; the parent-independent image stays
-/// under the layer digest for cocoon (there `/tmp` is 0755); gc keeps both while the image is
-/// referenced and collects both after `rm`.
+/// layer only `tmp/x`. The VM's merged `/tmp` keeps the base's mode, owner and xattr; the
+/// parent-independent image stays under the layer digest for cocoon (there `/tmp` is 0755);
+/// gc keeps both while the image is referenced and collects both after `rm`.
 #[test]
 fn an_upper_layer_implying_a_sticky_tmp_keeps_it_in_the_vm() {
     let td = tempfile::tempdir().unwrap();

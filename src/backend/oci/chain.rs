@@ -76,8 +76,8 @@ pub fn lower_dir<'a>(lowers: &[Option<&'a View>], path: &[u8]) -> Option<&'a Vie
 
 /// The implied directories of layer `i` (by nid) to patch with the attributes of the layers
 /// below, or nothing when none of them would show another mode, owner or xattrs: then the
-/// layer's image does not depend on its parents. An mtime difference alone does not make a chain image,
-/// but one that is made carries the lower mtimes too.
+/// layer's image does not depend on its parents. An mtime difference alone does not make a
+/// chain image, but one that is made carries the lower mtimes too.
 #[must_use]
 pub fn patches(views: &[Option<View>], i: usize) -> Vec<(u64, ViewDir)> {
     let Some(view) = views.get(i).and_then(Option::as_ref) else {
