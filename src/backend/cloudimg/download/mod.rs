@@ -11,6 +11,7 @@
 
 pub mod probe;
 mod ranges;
+mod sink;
 pub mod resume;
 
 use std::fs::File;

@@ -1,19 +1,17 @@
-//! N connections fetching ranges into one file at their offsets, and the hasher that follows
-//! the contiguous prefix behind them.
+//! N connections fetching ranges into one file at their offsets, the writer behind them, and
+//! the hasher that follows the contiguous prefix behind the writer.
 //!
 //! Workers take the lowest piece not yet taken, so the completed prefix advances about N times
 //! as fast as one connection and the out-of-order window stays near N pieces. Each buffer a
-//! worker writes goes on to the hasher: it hashes buffers that arrive in order at once, keeps
-//! those ahead of the prefix in memory up to [`WINDOW`] bytes, and reads back from the file
-//! (the page cache, just written) only what it could not keep. sha256 and blake3 need the bytes
-//! in order; they run on two threads.
+//! worker reads goes to the writer thread ([`super::sink`]: direct I/O at its offset), which
+//! marks a piece complete once all its bytes are written and passes the buffers on to the
+//! hasher: it hashes buffers that arrive in order at once, keeps those ahead of the prefix in
+//! memory up to [`WINDOW`] bytes, and reads back from the file only what it could not keep.
+//! sha256 and blake3 need the bytes in order; they run on two threads.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -26,9 +24,14 @@ use super::super::http::{status_error, Client};
 use super::super::Error;
 use super::probe;
 use super::resume::Tracker;
+use super::sink::{self, Chunk, Write, ALIGN};
 
-/// Bytes read from the network per write and per hasher message.
-const BUF: usize = 1 << 20;
+/// Bytes read from the network per buffer (per write and per hasher message). 1 MiB buffers
+/// handed between four threads on 2 cores cost more in wake-ups than 4 MiB ones (as measured
+/// for `ingest::stage`).
+const BUF: usize = 4 << 20;
+/// Buffers queued for the writer before the connections wait for it (the disk's pace).
+const QUEUED: usize = 8;
 /// Bytes of out-of-order buffers the hasher keeps in memory before it reads them back instead.
 const WINDOW: usize = 64 << 20;
 /// Failed attempts in a row (without a byte of progress) before a piece fails the download.
@@ -70,7 +73,7 @@ pub struct Job<'a> {
     /// The whole length.
     pub length: u64,
     /// The preallocated data file.
-    pub file: &'a File,
+    pub file: &'a std::fs::File,
     /// Its path, for messages.
     pub data_path: &'a std::path::Path,
     /// Completed ranges and checkpoints.
@@ -81,11 +84,12 @@ pub struct Job<'a> {
     pub progress: &'a (dyn Fn(u64) + Sync),
 }
 
-enum Msg {
-    /// Bytes at this offset, already written to the file.
-    Mem(u64, Vec<u8>),
+/// What the hasher holds for a stretch ahead of the prefix.
+enum Ahead {
+    /// The bytes, in memory.
+    Mem(Chunk),
     /// Bytes at `[offset, offset + len)` are in the file; read them back.
-    OnDisk(u64, u64),
+    OnDisk(u64),
 }
 
 /// Fetch `pieces` (the first may already be open in `first`) while hashing `[0, length)`.
@@ -95,20 +99,27 @@ pub fn run(job: &Job<'_>, pieces: Vec<(u64, u64)>, first: Option<Opened>) -> Res
     let first = Mutex::new(first);
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<Failure>> = Mutex::new(None);
-    let present = AtomicU64::new(job.tracker.done().total());
-    let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+    let resumed = job.tracker.done();
+    let present = AtomicU64::new(resumed.total());
+    let (write_tx, write_rx) = crossbeam_channel::bounded::<Write>(QUEUED);
+    // Bounded too: the hasher never waits for anything but blake3, which waits for nothing.
+    let (hash_tx, hash_rx) = crossbeam_channel::bounded::<Chunk>(QUEUED);
     let (pool_tx, pool_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
-    for &(a, b) in job.tracker.done().ranges() {
-        let _ = tx.send(Msg::OnDisk(a, b - a));
-    }
     std::thread::scope(|s| {
-        let hasher = s.spawn(|| hash_in_order(job, &rx, &pool_tx, &stop));
+        let (stop, failure) = (&stop, &failure);
+        let hasher = s.spawn(|| hash_in_order(job, resumed.ranges(), &hash_rx, &pool_tx, stop));
+        let writer = s.spawn(move || {
+            if let Err(e) = sink::run(job.file, job.url, job.tracker, &write_rx, &hash_tx) {
+                stop.store(true, Ordering::SeqCst);
+                failure.lock().get_or_insert(Failure::Error(e));
+            }
+            // The channels close here: the connections see the writer gone, the hasher the end.
+        });
         let workers = job.connections.max(1);
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let tx = tx.clone();
-            let (queue, first, stop, failure, present, pool_rx) =
-                (&queue, &first, &stop, &failure, &present, &pool_rx);
+            let tx = write_tx.clone();
+            let (queue, first, present, pool_rx) = (&queue, &first, &present, &pool_rx);
             handles.push(s.spawn(move || {
                 let w = Worker {
                     job,
@@ -137,11 +148,14 @@ pub fn run(job: &Job<'_>, pieces: Vec<(u64, u64)>, first: Option<Opened>) -> Res
                 }
             }));
         }
-        drop(tx);
+        drop(write_tx);
         for h in handles {
             if let Err(p) = h.join() {
                 std::panic::resume_unwind(p);
             }
+        }
+        if let Err(p) = writer.join() {
+            std::panic::resume_unwind(p);
         }
         let sums = hasher.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         if let Some(f) = failure.lock().take() {
@@ -153,7 +167,7 @@ pub fn run(job: &Job<'_>, pieces: Vec<(u64, u64)>, first: Option<Opened>) -> Res
 
 struct Worker<'a, 'j> {
     job: &'a Job<'j>,
-    tx: Sender<Msg>,
+    tx: Sender<Write>,
     pool: &'a Receiver<Vec<u8>>,
     stop: &'a AtomicBool,
     present: &'a AtomicU64,
@@ -192,7 +206,8 @@ impl Worker<'_, '_> {
                 Err(f) => return Err(f),
             }
         }
-        job.tracker.complete(start, end);
+        // Complete once the writer has written every byte sent before this.
+        self.send(Write::Piece(start, end));
         Ok(())
     }
 
@@ -208,7 +223,7 @@ impl Worker<'_, '_> {
         Ok(response)
     }
 
-    /// Copy a checked 206 body into the file at `*at`, feeding the hasher.
+    /// Read a checked 206 body from `*at` to `end` and send it to the writer.
     fn body(
         &self,
         response: ureq::http::Response<ureq::Body>,
@@ -221,24 +236,33 @@ impl Worker<'_, '_> {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let want = usize::try_from(end - *at).unwrap_or(BUF).min(BUF);
-            let mut buf = self.pool.try_recv().unwrap_or_default();
-            buf.resize(want, 0);
+            // A buffer that starts mid-block (after a dropped connection) ends on a block
+            // boundary, so the next one can be written directly again.
+            let misaligned = (*at % ALIGN as u64) as usize;
+            let want = usize::try_from(end - *at).unwrap_or(BUF).min(BUF - misaligned);
+            let mut chunk = Chunk::new(self.pool, BUF, *at);
             let mut n = 0;
-            while n < want {
-                match reader.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        self.keep(&mut buf, n, at)?;
-                        return Err(Error::from_io(e, job.url).into());
+            let mut error = None;
+            {
+                let room = chunk.room(want);
+                while n < want {
+                    match reader.read(&mut room[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
                     }
                 }
             }
-            let short = n < want;
-            self.keep(&mut buf, n, at)?;
-            if short {
+            chunk.filled(n);
+            self.keep(chunk, at);
+            if let Some(e) = error {
+                return Err(Error::from_io(e, job.url).into());
+            }
+            if n < want {
                 return Err(Error::Truncated {
                     url: job.url.to_owned(),
                     expected: end,
@@ -250,24 +274,23 @@ impl Worker<'_, '_> {
         Ok(())
     }
 
-    /// Write the first `n` bytes of `buf` at `*at` and hand them to the hasher.
-    fn keep(&self, buf: &mut Vec<u8>, n: usize, at: &mut u64) -> Result<(), Failure> {
+    /// Send the bytes of `chunk` (read at `*at`) to the writer.
+    fn keep(&self, chunk: Chunk, at: &mut u64) {
+        let n = chunk.len();
         if n == 0 {
-            return Ok(());
+            return;
         }
-        buf.truncate(n);
-        self.job
-            .file
-            .write_all_at(buf, *at)
-            .map_err(|source| Error::Sink {
-                url: self.job.url.to_owned(),
-                source,
-            })?;
-        let _ = self.tx.send(Msg::Mem(*at, std::mem::take(buf)));
+        self.send(Write::Bytes(chunk));
         *at += n as u64;
         let total = self.present.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         (self.job.progress)(total);
-        Ok(())
+    }
+
+    /// Hand `msg` to the writer; if it is gone (a write failed and said why), stop.
+    fn send(&self, msg: Write) {
+        if self.tx.send(msg).is_err() {
+            self.stop.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -301,70 +324,69 @@ fn check_piece(
     }
 }
 
-/// Hash `[0, length)` in order from the workers' buffers (or the file), on this thread (sha256)
-/// and one more (blake3). Returns early, with an error, when the workers stop.
+/// Hash `[0, length)` in order from the written buffers (or the file: `resumed` ranges, and
+/// buffers too far ahead to keep), on this thread (sha256) and one more (blake3). Returns
+/// early, with an error, when the download stops.
 fn hash_in_order(
     job: &Job<'_>,
-    rx: &Receiver<Msg>,
+    resumed: &[(u64, u64)],
+    rx: &Receiver<Chunk>,
     pool: &Sender<Vec<u8>>,
     stop: &AtomicBool,
 ) -> Result<Sums, Error> {
-    let (b3_tx, b3_rx) = crossbeam_channel::bounded::<Arc<Vec<u8>>>(8);
+    let (b3_tx, b3_rx) = crossbeam_channel::bounded::<Chunk>(8);
     std::thread::scope(|s| {
         let b3 = s.spawn(move || {
             let mut h = blake3::Hasher::new();
             for chunk in b3_rx {
-                h.update(&chunk);
-                // Back to a worker once sha256 is done with it too.
-                if let Ok(buf) = Arc::try_unwrap(chunk) {
-                    let _ = pool.send(buf);
-                }
+                h.update(chunk.bytes());
+                // Back to a worker: sha256 is done with it too.
+                let _ = pool.send(chunk.into_buf());
             }
             Digest::blake3(*h.finalize().as_bytes())
         });
         let mut sha = sha2::Sha256::new();
         let mut next = 0u64;
-        let mut pending: BTreeMap<u64, Msg> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Ahead> = resumed
+            .iter()
+            .map(|&(a, b)| (a, Ahead::OnDisk(b - a)))
+            .collect();
         let mut held = 0usize;
-        let mut feed = |bytes: Vec<u8>, next: &mut u64| {
-            sha.update(&bytes);
-            *next += bytes.len() as u64;
-            let _ = b3_tx.send(Arc::new(bytes));
+        let mut feed = |chunk: Chunk, next: &mut u64| {
+            sha.update(chunk.bytes());
+            *next += chunk.len() as u64;
+            let _ = b3_tx.send(chunk);
         };
-        let read_back = |from: u64, len: u64| -> Result<Vec<u8>, Error> {
-            let mut buf = vec![0u8; len as usize];
-            job.file
-                .read_exact_at(&mut buf, from)
-                .map_err(|source| {
-                    Error::Io(crate::error::IoError::new("reading back", job.data_path, source))
-                })?;
-            Ok(buf)
-        };
-        let result = loop {
-            if next >= job.length {
-                break Ok(());
-            }
+        let result = 'hashing: loop {
             // Everything that now continues the prefix.
             while let Some(entry) = pending.first_entry() {
                 if *entry.key() > next {
                     break;
                 }
-                let (off, msg) = entry.remove_entry();
-                match msg {
-                    Msg::Mem(_, bytes) => {
-                        held -= bytes.len();
-                        let skip = (next - off) as usize;
-                        if skip < bytes.len() {
-                            feed(bytes[skip..].to_vec(), &mut next);
+                let (off, ahead) = entry.remove_entry();
+                match ahead {
+                    Ahead::Mem(mut chunk) => {
+                        held -= chunk.len();
+                        chunk.skip((next - off) as usize);
+                        if chunk.len() > 0 {
+                            feed(chunk, &mut next);
                         }
                     }
-                    Msg::OnDisk(_, len) => {
+                    Ahead::OnDisk(len) => {
                         let end = off + len;
                         while next < end {
-                            let n = (end - next).min(4 << 20);
-                            match read_back(next, n) {
-                                Ok(b) => feed(b, &mut next),
-                                Err(e) => return Err(e),
+                            let n = (end - next).min(BUF as u64) as usize;
+                            match Chunk::read_back(job.file, next, n) {
+                                Ok(c) => feed(c, &mut next),
+                                Err(source) => {
+                                    break 'hashing Err(Some(Error::Io(
+                                        crate::error::IoError::new(
+                                            "reading back",
+                                            job.data_path,
+                                            source,
+                                        ),
+                                    )))
+                                }
                             }
                         }
                     }
@@ -373,38 +395,36 @@ fn hash_in_order(
             if next >= job.length {
                 break Ok(());
             }
-            let Ok(msg) = rx.recv() else {
-                break Err(());
+            let Ok(chunk) = rx.recv() else {
+                break Err(None);
             };
-            match msg {
-                Msg::Mem(off, bytes) if off == next => feed(bytes, &mut next),
-                Msg::Mem(off, bytes) if held + bytes.len() <= WINDOW => {
-                    held += bytes.len();
-                    pending.insert(off, Msg::Mem(off, bytes));
-                }
-                Msg::Mem(off, bytes) => {
-                    let len = bytes.len() as u64;
-                    pending.insert(off, Msg::OnDisk(off, len));
-                }
-                Msg::OnDisk(off, len) => {
-                    pending.insert(off, Msg::OnDisk(off, len));
-                }
+            let len = chunk.len();
+            if chunk.at == next {
+                feed(chunk, &mut next);
+            } else if held + len <= WINDOW {
+                held += len;
+                pending.insert(chunk.at, Ahead::Mem(chunk));
+            } else {
+                pending.insert(chunk.at, Ahead::OnDisk(len as u64));
+                let _ = pool.send(chunk.into_buf());
             }
         };
         drop(b3_tx);
         let blake3 = b3.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        if result.is_err() {
-            stop.store(true, Ordering::SeqCst);
-            return Err(Error::Http {
-                url: job.url.to_owned(),
-                cause: "the download stopped early".to_owned(),
-                transient: true,
-            });
+        match result {
+            Ok(()) => Ok(Sums {
+                sha256: Digest::sha256(sha.finalize().into()),
+                blake3,
+                size: job.length,
+            }),
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                Err(e.unwrap_or_else(|| Error::Http {
+                    url: job.url.to_owned(),
+                    cause: "the download stopped early".to_owned(),
+                    transient: true,
+                }))
+            }
         }
-        Ok(Sums {
-            sha256: Digest::sha256(sha.finalize().into()),
-            blake3,
-            size: job.length,
-        })
     })
 }
