@@ -160,6 +160,7 @@ impl Store {
             },
             stored: known.as_ref().map(|(_, v)| v),
             progress: &progress,
+            headers: &[],
         })?;
         let changed = known.as_ref().map(|_| Revalidation::Changed);
         let cap = self.opts.cloud_limits.max_download;

@@ -322,3 +322,127 @@ fn corrupted_part_is_a_digest_mismatch_and_stores_nothing() {
     );
     assert_eq!(debris(&root), Vec::<String>::new());
 }
+
+/// A TCP forwarder from a free 127.0.0.1 port to the registry, keeping every byte clients send
+/// it: the request heads of a pull (its GETs and HEADs have no bodies).
+struct Recorder {
+    port: u16,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    fn start(to: u16) -> Recorder {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = sent.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let mut up = TcpStream::connect(("127.0.0.1", to)).unwrap();
+                let (mut client_r, mut up_w) =
+                    (client.try_clone().unwrap(), up.try_clone().unwrap());
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = client_r.read(&mut buf) {
+                        if n == 0 || up_w.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = up_w.shutdown(Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up, &mut client);
+                    let _ = client.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Recorder { port, sent }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The request heads sent so far, lowercased.
+    fn requests(&self) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.sent.lock().unwrap()).to_lowercase();
+        text.split("\r\n\r\n")
+            .filter(|r| !r.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A disk part larger than one range (16 MiB) comes through the ranged downloader of URL
+/// pulls: a 64 KiB probe, then guarded ranges (`If-Range`), each carrying the registry's
+/// `Authorization` (basic auth here), counted by a forwarder in front of the registry.
+#[test]
+fn a_large_part_is_fetched_in_guarded_ranges_with_the_registry_auth() {
+    let reg = TestRegistry::start_with_auth("alice", "s3cret");
+    let td = tempfile::tempdir().unwrap();
+    let (a, b) = (td.path().join("a"), td.path().join("b"));
+    let disk = td.path().join("disk.qcow2");
+    std::fs::write(&disk, qcow2_of(&pattern(40 * MIB, 11), td.path())).unwrap();
+    let imported = run(
+        &a,
+        &["-o", "json", "import", "disk", disk.to_str().unwrap()],
+    )
+    .ok()
+    .json();
+    let id = imported["id"].as_str().unwrap().to_owned();
+    let creds = Some(("alice", "s3cret"));
+    let pushed = format!("{}/os/big:1", reg.host());
+    crate::push::run_as(
+        &a,
+        td.path(),
+        &reg.host(),
+        creds,
+        &["push", "disk", &pushed],
+    )
+    .ok();
+
+    let proxy = Recorder::start(reg.port());
+    let reference = format!("{}/os/big:1", proxy.host());
+    let out = crate::push::run_as(
+        &b,
+        td.path(),
+        &proxy.host(),
+        creds,
+        &["-o", "json", "pull", &reference],
+    )
+    .ok()
+    .json();
+    assert_eq!(out[0]["type"], "cloudimg", "{out}");
+    assert_eq!(out[0]["id"].as_str(), Some(id.as_str()), "{out}");
+    assert_eq!(
+        std::fs::read(stored_blob(&b, &id)).unwrap(),
+        std::fs::read(stored_blob(&a, &id)).unwrap()
+    );
+    let ranged: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("\r\nrange: bytes="))
+        .collect();
+    assert!(
+        ranged.len() >= 4,
+        "a probe and at least 3 ranges: {ranged:#?}"
+    );
+    assert!(
+        ranged.iter().any(|r| r.contains("range: bytes=0-65535")),
+        "{ranged:#?}"
+    );
+    for r in &ranged {
+        assert!(r.starts_with("get /v2/os/big/blobs/sha256:"), "{r}");
+        assert!(r.contains("\r\nauthorization: basic "), "{r}");
+    }
+    assert!(
+        ranged[1..].iter().all(|r| r.contains("\r\nif-range: ")),
+        "every range after the probe is guarded: {ranged:#?}"
+    );
+    assert_eq!(debris(&b), Vec::<String>::new());
+}

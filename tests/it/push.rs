@@ -186,7 +186,13 @@ fn oci_image_round_trips_as_erofs_native_layers_stored_as_they_are() {
 }
 
 /// `imgstore ARGS` with a docker config granting `user`/`password` on `host`.
-fn run_as(root: &Path, dir: &Path, host: &str, creds: Option<(&str, &str)>, args: &[&str]) -> Run {
+pub(crate) fn run_as(
+    root: &Path,
+    dir: &Path,
+    host: &str,
+    creds: Option<(&str, &str)>,
+    args: &[&str],
+) -> Run {
     let docker = dir.join("docker");
     std::fs::create_dir_all(&docker).unwrap();
     let auths = creds.map_or(

@@ -198,6 +198,9 @@ pub(super) struct Client {
     agent: ureq::Agent,
     limits: Limits,
     https: bool,
+    /// Sent with every request (a registry's `Authorization`; never across a redirect: ureq
+    /// drops it there, so presigned storage URLs do not see it).
+    headers: Vec<(String, String)>,
 }
 
 impl Client {
@@ -211,7 +214,17 @@ impl Client {
             agent: agent(limits, https),
             limits: limits.clone(),
             https,
+            headers: Vec::new(),
         })
+    }
+
+    /// This client, sending `headers` with every request.
+    pub(super) fn with_headers(mut self, headers: &[(&str, &str)]) -> Client {
+        self.headers = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        self
     }
 
     /// The limits this client enforces.
@@ -228,6 +241,9 @@ impl Client {
         headers: &[(&str, &str)],
     ) -> Result<ureq::http::Response<ureq::Body>, Error> {
         let mut req = self.agent.get(url);
+        for (name, value) in &self.headers {
+            req = req.header(name, value);
+        }
         for (name, value) in headers {
             req = req.header(*name, *value);
         }

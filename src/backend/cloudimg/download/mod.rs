@@ -68,6 +68,9 @@ pub struct Fetch<'a> {
     pub stored: Option<&'a Validators>,
     /// Called with (bytes present, total if known).
     pub progress: &'a (dyn Fn(u64, Option<u64>) + Sync),
+    /// Headers for every request to `url` (a registry's `Authorization`), not sent on after a
+    /// redirect.
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 /// What a fetch produced.
@@ -94,7 +97,7 @@ pub enum Fetched {
 /// Download `f.url`: resume the partial file if its record matches the server's validator,
 /// else probe and fetch in ranges, or fall back to one stream.
 pub fn fetch(f: &Fetch<'_>) -> Result<Fetched, Error> {
-    let client = Client::new(f.url, f.limits)?;
+    let client = Client::new(f.url, f.limits)?.with_headers(f.headers);
     let connections = f.connections.clamp(1, MAX_CONNECTIONS);
     let mut restarts = 0;
     loop {

@@ -214,7 +214,93 @@ pub fn classify(raw: &[u8], what: &str) -> Result<Classified, Error> {
     }))
 }
 
+/// One endpoint a blob can come from (a mirror or the registry), in the order
+/// [`super::Client::fetch_blob`] tries them.
+#[derive(Debug, Clone)]
+pub struct BlobEndpoint(super::mirrors::Endpoint);
+
+impl std::fmt::Display for BlobEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where to fetch a blob with plain GETs (ranges included), outside the registry client: its
+/// URL at one endpoint and the `Authorization` that endpoint asked for (Bearer or Basic, as
+/// [`super::Client::fetch_blob`] would send it). The registry may redirect the GET to storage;
+/// the header must not follow (ureq drops it on redirects).
+#[derive(Debug, Clone)]
+pub struct BlobSource {
+    /// `…/v2/<repository>/blobs/<digest>`.
+    pub url: String,
+    /// The `Authorization` value, if the endpoint asked for one.
+    pub authorization: Option<String>,
+    /// The blob as messages name it (`blob sha256:… of host/repository`).
+    pub what: String,
+}
+
 impl super::Client {
+    /// The endpoints a blob of `repository` on `host` comes from, in order: the mirrors, then
+    /// the registry (the route of the last resolve of that repository).
+    ///
+    /// # Errors
+    /// A blocked or malformed name (as for a resolve).
+    pub fn blob_endpoints(
+        &self,
+        host: &str,
+        repository: &str,
+        blob: &Descriptor,
+    ) -> Result<Vec<BlobEndpoint>, Error> {
+        let route = self.blob_route(host, repository, &blob.digest.to_string())?;
+        Ok(route.iter().cloned().map(BlobEndpoint).collect())
+    }
+
+    /// Ask `endpoint` for `blob` with a HEAD (answering a 401 as a GET would, with retries on
+    /// transient failures), and say where and with which `Authorization` to GET it.
+    ///
+    /// # Errors
+    /// Not found, refused auth, a `Content-Length` other than the descriptor's size, transport
+    /// failures.
+    pub fn blob_source(
+        &self,
+        endpoint: &BlobEndpoint,
+        blob: &Descriptor,
+    ) -> Result<BlobSource, Error> {
+        let repo = self.repo_at(&endpoint.0)?;
+        let reference = blob.digest.to_string();
+        let what = repo.what("blob", &reference);
+        let url = repo.url("blobs", &reference);
+        self.with_retries(|| {
+            let response = self.head_authed(&repo, &url, &what)?;
+            match response.status().as_u16() {
+                200 => {}
+                404 => return Err(super::transport::not_found(&repo, &reference)),
+                s => {
+                    super::transport::check_status(&repo, &what, s, b"")?;
+                    return Err(super::transport::status_error(&repo.api_host, &what, s, b""));
+                }
+            }
+            let len = response
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match len {
+                Some(l) if l != blob.size => Err(Error::SizeMismatch {
+                    what: what.clone(),
+                    expected: blob.size,
+                    actual: l,
+                }),
+                _ => Ok(()),
+            }
+        })?;
+        Ok(BlobSource {
+            authorization: self.pull_authorization(&repo),
+            url,
+            what,
+        })
+    }
+
     /// Fetch and verify an artifact's config blob, without the image-config platform check.
     pub(super) fn fetch_artifact_config(
         &self,

@@ -310,9 +310,40 @@ impl Client {
         accept: Option<&str>,
         what: &str,
     ) -> Result<ureq::http::Response<ureq::Body>, Error> {
+        self.pull_authed(repo, url, accept, what, false)
+    }
+
+    /// [`Client::get_authed`] as a HEAD: the same auth, answered and cached the same way.
+    pub(super) fn head_authed(
+        &self,
+        repo: &Repo<'_>,
+        url: &str,
+        what: &str,
+    ) -> Result<ureq::http::Response<ureq::Body>, Error> {
+        self.pull_authed(repo, url, None, what, true)
+    }
+
+    /// The `Authorization` a GET or HEAD of `repo` carries now (the one its last 401 asked for).
+    pub(super) fn pull_authorization(&self, repo: &Repo<'_>) -> Option<String> {
+        let key = (repo.api_host.clone(), repo.repository.to_owned());
+        self.auth.lock().get(&key).cloned()
+    }
+
+    fn pull_authed(
+        &self,
+        repo: &Repo<'_>,
+        url: &str,
+        accept: Option<&str>,
+        what: &str,
+        head: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, Error> {
         let key = (repo.api_host.clone(), repo.repository.to_owned());
         let build = |authorization: Option<&str>| {
-            let mut req = self.agent.get(url);
+            let mut req = if head {
+                self.agent.head(url)
+            } else {
+                self.agent.get(url)
+            };
             if let Some(a) = accept {
                 req = req.header("Accept", a);
             }
