@@ -12,6 +12,8 @@
 #
 # usage: nice -n 10 bash benches/download_compare.sh [SIZE_MIB]   (default 1024)
 #        DL_SKIP_CAPPED=1 skips part 1.
+#        DL_BASELINE=/path/to/an/older/imgstore also times that binary's uncapped pulls (1
+#        connection and default) in the same rounds, for old-vs-new ratios from one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${1:-1024}
@@ -40,12 +42,13 @@ timed() { # label, command...: prints wall seconds and CPU seconds (user + sys) 
   /usr/bin/time -f "$1 %e s wall, %U s user + %S s sys" "${@:2}" > /dev/null
 }
 
-pull() { # connections, or "default" (no --connections)
+pull() { # connections, or "default" (no --connections); optional binary and label
+  local bin=${2:-$BIN} label=${3:-imgstore}
   rm -rf "$WORK/root"
   if [ "$1" = default ]; then
-    timed "imgstore (default connections):" "$BIN" --root "$WORK/root" pull "$URL"
+    timed "$label (default connections):" "$bin" --root "$WORK/root" pull "$URL"
   else
-    timed "imgstore --connections $1:" "$BIN" --root "$WORK/root" pull --connections "$1" "$URL"
+    timed "$label --connections $1:" "$bin" --root "$WORK/root" pull --connections "$1" "$URL"
   fi
 }
 
@@ -68,5 +71,9 @@ for i in 1 2 3; do
   rm -f "$WORK/curl.out"
   pull 1
   pull default
+  if [ -n "${DL_BASELINE:-}" ]; then
+    pull 1 "$DL_BASELINE" baseline
+    pull default "$DL_BASELINE" baseline
+  fi
 done
 exec {SERVER[1]}>&-; wait "$SERVER_PID" 2>/dev/null || true

@@ -204,16 +204,19 @@ impl Store {
         let PartJob {
             client, r, part, ..
         } = *job;
+        let endpoints = client.blob_endpoints(r.domain(), r.path(), part)?;
         let mut last = None;
-        for endpoint in client.blob_endpoints(r.domain(), r.path(), part)? {
+        for (i, endpoint) in endpoints.iter().enumerate() {
             let attempt = client
-                .blob_source(&endpoint, part)
+                .blob_source(endpoint, part)
                 .map_err(Error::from)
                 .and_then(|source| self.fetch_part_from(job, &source));
             match attempt {
                 Ok(p) => return Ok(p),
                 Err(e) => {
-                    tracing::warn!(%endpoint, error = %e, "fetching a disk part failed");
+                    if i + 1 < endpoints.len() {
+                        tracing::warn!(%endpoint, error = %e, "disk part failed, trying the next endpoint");
+                    }
                     last = Some(e);
                 }
             }

@@ -24,13 +24,13 @@ use super::super::http::{status_error, Client};
 use super::super::Error;
 use super::probe;
 use super::resume::Tracker;
-use super::sink::{self, Chunk, Write, ALIGN};
+use super::sink::{self, Chunk, Written, ALIGN, WRITERS};
 
 /// Bytes read from the network per buffer (per write and per hasher message). 1 MiB buffers
 /// handed between four threads on 2 cores cost more in wake-ups than 4 MiB ones (as measured
 /// for `ingest::stage`).
 const BUF: usize = 4 << 20;
-/// Buffers queued for the writer before the connections wait for it (the disk's pace).
+/// Buffers queued for the writers before the connections wait for them (the disk's pace).
 const QUEUED: usize = 8;
 /// Bytes of out-of-order buffers the hasher keeps in memory before it reads them back instead.
 const WINDOW: usize = 64 << 20;
@@ -101,20 +101,27 @@ pub fn run(job: &Job<'_>, pieces: Vec<(u64, u64)>, first: Option<Opened>) -> Res
     let failure: Mutex<Option<Failure>> = Mutex::new(None);
     let resumed = job.tracker.done();
     let present = AtomicU64::new(resumed.total());
-    let (write_tx, write_rx) = crossbeam_channel::bounded::<Write>(QUEUED);
+    let (write_tx, write_rx) = crossbeam_channel::bounded::<Chunk>(QUEUED);
+    let written = Written::default();
     // Bounded too: the hasher never waits for anything but blake3, which waits for nothing.
     let (hash_tx, hash_rx) = crossbeam_channel::bounded::<Chunk>(QUEUED);
     let (pool_tx, pool_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     std::thread::scope(|s| {
         let (stop, failure) = (&stop, &failure);
         let hasher = s.spawn(|| hash_in_order(job, resumed.ranges(), &hash_rx, &pool_tx, stop));
-        let writer = s.spawn(move || {
-            if let Err(e) = sink::run(job.file, job.url, job.tracker, &write_rx, &hash_tx) {
-                stop.store(true, Ordering::SeqCst);
-                failure.lock().get_or_insert(Failure::Error(e));
-            }
-            // The channels close here: the connections see the writer gone, the hasher the end.
-        });
+        let mut writers = Vec::with_capacity(WRITERS);
+        for _ in 0..WRITERS {
+            let (rx, tx, written) = (write_rx.clone(), hash_tx.clone(), &written);
+            writers.push(s.spawn(move || {
+                if let Err(e) = sink::run(job.file, job.url, job.tracker, written, &rx, &tx) {
+                    stop.store(true, Ordering::SeqCst);
+                    failure.lock().get_or_insert(Failure::Error(e));
+                }
+                // Its channel ends close here: once every writer is gone the connections find
+                // no one to send to, and the hasher sees the end.
+            }));
+        }
+        drop((write_rx, hash_tx));
         let workers = job.connections.max(1);
         let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
@@ -154,8 +161,10 @@ pub fn run(job: &Job<'_>, pieces: Vec<(u64, u64)>, first: Option<Opened>) -> Res
                 std::panic::resume_unwind(p);
             }
         }
-        if let Err(p) = writer.join() {
-            std::panic::resume_unwind(p);
+        for w in writers {
+            if let Err(p) = w.join() {
+                std::panic::resume_unwind(p);
+            }
         }
         let sums = hasher.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         if let Some(f) = failure.lock().take() {
@@ -167,7 +176,7 @@ pub fn run(job: &Job<'_>, pieces: Vec<(u64, u64)>, first: Option<Opened>) -> Res
 
 struct Worker<'a, 'j> {
     job: &'a Job<'j>,
-    tx: Sender<Write>,
+    tx: Sender<Chunk>,
     pool: &'a Receiver<Vec<u8>>,
     stop: &'a AtomicBool,
     present: &'a AtomicU64,
@@ -192,7 +201,7 @@ impl Worker<'_, '_> {
                 None => self.request(at, end),
             };
             let before = at;
-            let result = response.and_then(|r| self.body(r, &mut at, end));
+            let result = response.and_then(|r| self.body(r, &mut at, (start, end)));
             match result {
                 Ok(()) => {}
                 Err(Failure::Error(e)) if e.is_transient() => {
@@ -206,8 +215,7 @@ impl Worker<'_, '_> {
                 Err(f) => return Err(f),
             }
         }
-        // Complete once the writer has written every byte sent before this.
-        self.send(Write::Piece(start, end));
+        // Complete once the writers have written every byte of it (`sink::Written`).
         Ok(())
     }
 
@@ -228,7 +236,7 @@ impl Worker<'_, '_> {
         &self,
         response: ureq::http::Response<ureq::Body>,
         at: &mut u64,
-        end: u64,
+        (start, end): (u64, u64),
     ) -> Result<(), Failure> {
         let job = self.job;
         let mut reader = response.into_body().into_reader();
@@ -240,7 +248,7 @@ impl Worker<'_, '_> {
             // boundary, so the next one can be written directly again.
             let misaligned = (*at % ALIGN as u64) as usize;
             let want = usize::try_from(end - *at).unwrap_or(BUF).min(BUF - misaligned);
-            let mut chunk = Chunk::new(self.pool, BUF, *at);
+            let mut chunk = Chunk::new(self.pool, BUF, *at, (start, end));
             let mut n = 0;
             let mut error = None;
             {
@@ -280,14 +288,14 @@ impl Worker<'_, '_> {
         if n == 0 {
             return;
         }
-        self.send(Write::Bytes(chunk));
+        self.send(chunk);
         *at += n as u64;
         let total = self.present.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         (self.job.progress)(total);
     }
 
     /// Hand `msg` to the writer; if it is gone (a write failed and said why), stop.
-    fn send(&self, msg: Write) {
+    fn send(&self, msg: Chunk) {
         if self.tx.send(msg).is_err() {
             self.stop.store(true, Ordering::SeqCst);
         }

@@ -1,12 +1,14 @@
-//! The write side of a ranged download: one thread writes every connection's buffers at their
-//! offsets with direct I/O, records a piece as complete once all its bytes are written, and
-//! only then hands the buffers on to the hasher.
+//! The write side of a ranged download: [`WRITERS`] threads write the connections' buffers at
+//! their offsets with direct I/O, record a piece as complete once all its bytes are written, and
+//! only then hand the buffers on to the hasher.
 //!
 //! Copying a whole image into the page cache cost as much CPU as sha256 (a quarter of a pull's
 //! profile, measured with `perf record` on a 1 GiB loopback pull), and the checkpoints' and the
 //! final `fdatasync` paid again for the writeback. `O_DIRECT` writes skip both, as
 //! `ingest::stage` does. They are synchronous, so they run here, behind the connections, not
-//! on them. Direct writes need an aligned offset, length and buffer: the tail of the file, a
+//! on them, and on several threads: one synchronous writer keeps one request in flight, and a
+//! virtio disk wrote 1 GiB of 4 MiB direct writes in 1.6-2.1 s that way against 0.96 s with
+//! four at once (`dd oflag=direct`, loaded machine). Direct writes need an aligned offset, length and buffer: the tail of the file, a
 //! buffer that starts mid-block (after a dropped connection), or a filesystem that refuses
 //! `O_DIRECT` are written through the ordinary descriptor. A block is only ever written one
 //! way within a download (a direct write covers whole blocks of one buffer), so the two
@@ -16,7 +18,10 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
+use std::collections::HashMap;
+
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 
 use super::super::Error;
 use super::resume::Tracker;
@@ -24,20 +29,25 @@ use super::resume::Tracker;
 /// Alignment of direct writes: offset, length and buffer address (the largest logical block
 /// size in use).
 pub const ALIGN: usize = 4096;
+/// Writer threads (direct writes in flight at once).
+pub const WRITERS: usize = 4;
 
 /// Bytes read from one connection, bound for `at` in the file. The buffer is over-allocated by
 /// [`ALIGN`] so its bytes can start at an aligned address.
 pub struct Chunk {
     /// Offset in the file.
     pub at: u64,
+    /// The piece `[start, end)` it belongs to (empty for bytes read back from the file).
+    piece: (u64, u64),
     buf: Vec<u8>,
     start: usize,
     len: usize,
 }
 
 impl Chunk {
-    /// A buffer of room for `cap` bytes (from `pool` when it has one), empty, for offset `at`.
-    pub fn new(pool: &Receiver<Vec<u8>>, cap: usize, at: u64) -> Chunk {
+    /// A buffer of room for `cap` bytes (from `pool` when it has one), empty, for offset `at`
+    /// of `piece`.
+    pub fn new(pool: &Receiver<Vec<u8>>, cap: usize, at: u64, piece: (u64, u64)) -> Chunk {
         let mut buf = pool.try_recv().unwrap_or_default();
         if buf.len() < cap + ALIGN {
             buf = vec![0u8; cap + ALIGN];
@@ -45,6 +55,7 @@ impl Chunk {
         let start = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
         Chunk {
             at,
+            piece,
             buf,
             start,
             len: 0,
@@ -57,6 +68,7 @@ impl Chunk {
         file.read_exact_at(&mut buf, at)?;
         Ok(Chunk {
             at,
+            piece: (at, at),
             buf,
             start: 0,
             len,
@@ -98,12 +110,24 @@ impl Chunk {
     }
 }
 
-/// What a connection sends the writer, in the order it read it.
-pub enum Write {
-    /// Bytes to write.
-    Bytes(Chunk),
-    /// Every byte of `[start, end)` has been sent: complete once written.
-    Piece(u64, u64),
+/// Bytes written so far of each piece not yet complete, by its start. A connection sends each
+/// byte of a piece exactly once (a retry asks for the rest only), so a piece is complete when
+/// its count reaches its length, whichever writers wrote its buffers and in whatever order.
+#[derive(Default)]
+pub struct Written(Mutex<HashMap<u64, u64>>);
+
+impl Written {
+    /// `n` more bytes of `piece` are written; tell `tracker` once all of them are.
+    fn add(&self, (start, end): (u64, u64), n: u64, tracker: &Tracker) {
+        let mut m = self.0.lock();
+        let done = m.entry(start).or_insert(0);
+        *done += n;
+        if *done >= end - start {
+            m.remove(&start);
+            drop(m);
+            tracker.complete(start, end);
+        }
+    }
 }
 
 /// The file, with a second descriptor open for direct writes when the filesystem allows.
@@ -156,31 +180,28 @@ fn open_direct(file: &File) -> Option<File> {
         .ok()
 }
 
-/// Write what the connections send, in the order each sent it; mark pieces complete in
-/// `tracker` once written; pass the written bytes to `hasher`. Returns at the first write
-/// error (the connections then find the channel closed) or when every connection is done.
+/// One writer thread: write what the connections send; count it in `written` (which marks
+/// pieces complete in `tracker`); pass the written bytes to `hasher`. Returns at the first
+/// write error or when every connection is done.
 pub fn run(
     file: &File,
     url: &str,
     tracker: &Tracker,
-    rx: &Receiver<Write>,
+    written: &Written,
+    rx: &Receiver<Chunk>,
     hasher: &Sender<Chunk>,
 ) -> Result<(), Error> {
     let mut sink = Sink {
         file,
         direct: open_direct(file),
     };
-    for msg in rx {
-        match msg {
-            Write::Bytes(c) => {
-                sink.write(&c).map_err(|source| Error::Sink {
-                    url: url.to_owned(),
-                    source,
-                })?;
-                let _ = hasher.send(c);
-            }
-            Write::Piece(start, end) => tracker.complete(start, end),
-        }
+    for c in rx {
+        sink.write(&c).map_err(|source| Error::Sink {
+            url: url.to_owned(),
+            source,
+        })?;
+        written.add(c.piece, c.len as u64, tracker);
+        let _ = hasher.send(c);
     }
     Ok(())
 }
@@ -191,7 +212,7 @@ mod tests {
 
     fn chunk(at: u64, bytes: &[u8]) -> Chunk {
         let (_tx, rx) = crossbeam_channel::unbounded();
-        let mut c = Chunk::new(&rx, bytes.len(), at);
+        let mut c = Chunk::new(&rx, bytes.len(), at, (0, 0));
         c.room(bytes.len()).copy_from_slice(bytes);
         c.filled(bytes.len());
         c
