@@ -2,7 +2,8 @@
 //! one backend's cache, opening it and resolving a name, the same plus keys and entry, a lookup
 //! in a kept cache, `config` on a kept `Store`, and `Store::open` + `config`. Each figure is the
 //! best mean over 30 batches of 100 (robust to a loaded machine). Usage:
-//! `boot_path_steps ROOT NAME` with a root from `examples/boot_path_root`.
+//! `boot_path_steps ROOT NAME` with a root from `examples/boot_path_root`; with a third argument
+//! N it only runs N fresh `Store::open` + `config` (for `perf record` and `strace`).
 
 use std::time::{Duration, Instant};
 
@@ -24,9 +25,21 @@ fn best(label: &str, mut f: impl FnMut()) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [root, name] = args.as_slice() else {
-        eprintln!("usage: boot_path_steps ROOT NAME");
-        std::process::exit(2);
+    let (root, name) = match args.as_slice() {
+        [root, name] => (root, name),
+        [root, name, n] => {
+            // `ROOT NAME N`: only N fresh `Store::open` + `config`, for `perf` and `strace`.
+            let n: usize = n.parse().expect("N: a number");
+            for _ in 0..n {
+                let s = Store::open(root).expect("opens");
+                std::hint::black_box(s.config(&[name.as_str()]).expect("config"));
+            }
+            return;
+        }
+        _ => {
+            eprintln!("usage: boot_path_steps ROOT NAME [N]");
+            std::process::exit(2);
+        }
     };
     let root = std::path::PathBuf::from(root);
     let db = root.join("oci/db");

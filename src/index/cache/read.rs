@@ -1,51 +1,58 @@
-//! Opening a cache (O(1) checks of header and freshness) and reading its tables, verifying each
-//! block's checksum the first time a lookup touches it.
+//! Opening a cache (O(1) checks of header and freshness) and reading its tables with `pread`,
+//! verifying each block's checksum (and the sum blocks above it) the first time a lookup
+//! touches it.
+//!
+//! The cache is read, not mapped: a boot opens it, touches a dozen blocks and drops it, and a
+//! `pread` of a 4 KiB block costs less than setting up and tearing down a mapping of the whole
+//! file plus a page fault per touched page (docs/design.md §4.1, §10). Verified blocks are kept
+//! (a bounded memo), so a `Store` kept across boots re-reads nothing while the index is current.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use super::format::{
     self, digest_of, str_hash, u32_at, u64_at, Header, Sec, Source, BLOCK, BUCKET_LEN, CANON_LEN,
     IMAGE_LEN, ITEM_LEN, PREFIX_LEN, SUM_LEN,
 };
 use super::Error;
-use crate::error::IoError;
 use crate::digest::{Digest, Prefix};
+use crate::error::IoError;
 use crate::index::schema::Entry;
 use crate::Kind;
 
 /// An open, fresh cache of one backend's index, with that index file held open.
 pub struct Cache {
-    map: Map,
+    file: File,
     header: Header,
     kind: Kind,
     /// The index file the cache describes (same inode as `header.source`).
     json: File,
     json_path: PathBuf,
     path: PathBuf,
-    /// Per checksum level, one bit per block already verified.
-    verified: Vec<Vec<AtomicU64>>,
     levels: Vec<(u64, u64)>,
+    /// Blocks already read and verified, by (level, block number); at most [`MEMO_MAX`].
+    memo: Mutex<Memo>,
+    /// The tables `list` reads, read and verified whole on first use.
+    tables: OnceLock<Tables>,
 }
 
-/// The bytes of the mapped cache file.
-type Map = memmap2::Mmap;
+/// Verified blocks by (level, block number).
+type Memo = HashMap<(usize, u64), Arc<[u8]>>;
 
-#[allow(unsafe_code)]
-fn map_cache(file: &File, len: u64) -> io::Result<Map> {
-    // SAFETY: a shared read-only map is undefined behaviour only if the file changes while the
-    // map is alive. Only a store writer creates `images.idx`: it writes a temp file, fsyncs it,
-    // makes it 0444 and renames it into place, and never opens a published cache for writing;
-    // a replacement is a new inode, so this map keeps the old, unchanging one. The map never
-    // leaves `Cache`, and every read of it is bounds-checked and checksummed first.
-    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
-    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }?;
-    // A lookup touches a handful of scattered pages: no read-around.
-    let _ = map.advise(memmap2::Advice::Random);
-    Ok(map)
+/// Most verified blocks a cache keeps (4 MiB); past that the memo starts over.
+const MEMO_MAX: usize = 1024;
+
+/// The item, image and string tables, read whole and verified (for `list`).
+struct Tables {
+    items: Vec<u8>,
+    images: Vec<u8>,
+    strings: String,
 }
 
 /// Why a cache is not used, as an [`Error::Rejected`].
@@ -83,11 +90,12 @@ impl Cache {
             .metadata()
             .map_err(io("inspecting index cache", cache))?
             .len();
-        if len < format::HEADER_LEN as u64 {
+        let mut head = vec![0u8; format::HEADER_LEN];
+        let n = read_at_most(&file, &mut head, 0).map_err(io("reading index cache", cache))?;
+        if n < format::HEADER_LEN {
             return Err(reject(cache, "shorter than its header"));
         }
-        let map = map_cache(&file, len).map_err(io("mapping index cache", cache))?;
-        let header = Header::decode(&map, len).map_err(|r| reject(cache, r))?;
+        let header = Header::decode(&head, len).map_err(|r| reject(cache, r))?;
         let want_kind = match kind {
             Kind::Oci => 0,
             Kind::CloudImg => 1,
@@ -109,30 +117,22 @@ impl Cache {
         if (db_meta.dev(), db_meta.ino()) != header.db {
             return Err(reject(cache, "built for another store"));
         }
-        let mut head = [0u8; format::TOKEN_PROBE];
-        let n = read_at_most(&json_file, &mut head, 0).map_err(io("reading index", json))?;
-        if format::token_of(&head[..n]) != header.token {
+        let mut token = [0u8; format::TOKEN_PROBE];
+        let n = read_at_most(&json_file, &mut token, 0).map_err(io("reading index", json))?;
+        if format::token_of(&token[..n]) != header.token {
             return Err(reject(cache, "stale: the index generation differs"));
         }
         let levels = format::levels(header.body_end);
-        let verified = levels
-            .iter()
-            .map(|&(_, l)| {
-                let blocks = l.div_ceil(BLOCK as u64) as usize;
-                (0..blocks.div_ceil(64))
-                    .map(|_| AtomicU64::new(0))
-                    .collect()
-            })
-            .collect();
         Ok(Some(Cache {
-            map,
+            file,
             header,
             kind,
             json: json_file,
             json_path: json.to_path_buf(),
             path: cache.to_path_buf(),
-            verified,
             levels,
+            memo: Mutex::new(HashMap::new()),
+            tables: OnceLock::new(),
         }))
     }
 
@@ -153,59 +153,126 @@ impl Cache {
         reject(&self.path, reason)
     }
 
-    /// Verify block `i` of checksum level `level`, and the blocks above it.
-    fn verify_block(&self, level: usize, i: usize) -> Result<(), Error> {
-        let (word, bit) = (i / 64, 1u64 << (i % 64));
-        let bits = self.verified[level]
-            .get(word)
-            .ok_or_else(|| self.bad("block out of range"))?;
-        if bits.load(Ordering::Relaxed) & bit != 0 {
-            return Ok(());
+    /// The checksum block `i` of level `level` must have: from the header for the top level,
+    /// else from the (verified) block of sums above it.
+    fn expected_sum(&self, level: usize, i: u64) -> Result<[u8; SUM_LEN], Error> {
+        if level + 1 == self.levels.len() {
+            return usize::try_from(i)
+                .ok()
+                .and_then(|i| self.header.top.get(i))
+                .copied()
+                .ok_or_else(|| self.bad("block out of range"));
         }
+        let at = i * SUM_LEN as u64;
+        let above = self.block(level + 1, at / BLOCK as u64)?;
+        let at = (at % BLOCK as u64) as usize;
+        above
+            .get(at..at + SUM_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| self.bad("sum out of range"))
+    }
+
+    /// The file range of block `i` of level `level`.
+    fn block_range(&self, level: usize, i: u64) -> Result<(u64, usize), Error> {
         let (off, len) = self.levels[level];
-        let start = off as usize + i * BLOCK;
-        let end = (start + BLOCK).min((off + len) as usize);
-        let block = self
-            .map
-            .get(start..end)
+        let start = i
+            .checked_mul(BLOCK as u64)
+            .filter(|&s| s < len)
             .ok_or_else(|| self.bad("block out of range"))?;
-        let expected: &[u8] = if level + 1 == self.levels.len() {
-            self.header
-                .top
-                .get(i)
-                .ok_or_else(|| self.bad("block out of range"))?
-        } else {
-            self.verify_block(level + 1, i * SUM_LEN / BLOCK)?;
-            let at = self.levels[level + 1].0 as usize + i * SUM_LEN;
-            self.map
-                .get(at..at + SUM_LEN)
-                .ok_or_else(|| self.bad("sum out of range"))?
-        };
-        if format::sum(block) != expected {
+        Ok((off + start, (len - start).min(BLOCK as u64) as usize))
+    }
+
+    /// Block `i` of level `level`, read and verified (and the blocks above it), or from the memo.
+    fn block(&self, level: usize, i: u64) -> Result<Arc<[u8]>, Error> {
+        if let Some(b) = self.memo.lock().get(&(level, i)) {
+            return Ok(Arc::clone(b));
+        }
+        let (at, len) = self.block_range(level, i)?;
+        let expected = self.expected_sum(level, i)?;
+        let mut buf = vec![0u8; len];
+        self.read_exact(&mut buf, at)?;
+        if format::sum(&buf) != expected {
             return Err(self.bad("block checksum mismatch"));
         }
-        bits.fetch_or(bit, Ordering::Relaxed);
+        let buf: Arc<[u8]> = buf.into();
+        let mut memo = self.memo.lock();
+        if memo.len() >= MEMO_MAX {
+            memo.clear();
+        }
+        memo.insert((level, i), Arc::clone(&buf));
+        Ok(buf)
+    }
+
+    fn read_exact(&self, buf: &mut [u8], at: u64) -> Result<(), Error> {
+        let n = read_at_most(&self.file, buf, at).map_err(|source| {
+            Error::Io(IoError::new("reading index cache", self.path.clone(), source))
+        })?;
+        if n < buf.len() {
+            return Err(self.bad("shorter than its header says"));
+        }
         Ok(())
     }
 
-    /// `len` bytes at `rel` of section `s`, bounds-checked and checksummed.
-    fn get(&self, s: Sec, rel: u64, len: u64) -> Result<&[u8], Error> {
+    /// The file range of `len` bytes at `rel` of section `s`, bounds-checked.
+    fn span(&self, s: Sec, rel: u64, len: u64) -> Result<(u64, u64), Error> {
         let (off, sec_len) = self.header.section(s);
         let end = rel
             .checked_add(len)
             .filter(|&e| e <= sec_len)
             .ok_or_else(|| self.bad("reference out of its section"))?;
-        let (a, b) = ((off + rel) as usize, (off + end) as usize);
-        if len > 0 {
-            let base = self.levels[0].0 as usize;
-            for blk in (a - base) / BLOCK..=(b - 1 - base) / BLOCK {
-                self.verify_block(0, blk)?;
-            }
-        }
-        Ok(&self.map[a..b])
+        Ok((off + rel, off + end))
     }
 
-    fn rec(&self, s: Sec, size: usize, i: u32) -> Result<&[u8], Error> {
+    /// `len` bytes at `rel` of section `s`, bounds-checked and checksummed, block by block
+    /// through the memo (for the few small records a lookup reads).
+    fn get(&self, s: Sec, rel: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let (a, b) = self.span(s, rel, len)?;
+        let mut out = Vec::with_capacity(len as usize);
+        if len == 0 {
+            return Ok(out);
+        }
+        let base = self.levels[0].0;
+        let block = BLOCK as u64;
+        for blk in (a - base) / block..=(b - 1 - base) / block {
+            let data = self.block(0, blk)?;
+            let start = base + blk * block;
+            let from = (a.max(start) - start) as usize;
+            let to = (b.min(start + block) - start) as usize;
+            out.extend_from_slice(
+                data.get(from..to)
+                    .ok_or_else(|| self.bad("reference out of its block"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// `len` bytes at `rel` of section `s` with one `pread` of the blocks they span, each
+    /// verified (for `list`, which reads whole tables).
+    fn get_bulk(&self, s: Sec, rel: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let (a, b) = self.span(s, rel, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let base = self.levels[0].0;
+        let block = BLOCK as u64;
+        let (first, last) = ((a - base) / block, (b - 1 - base) / block);
+        let (start, _) = self.block_range(0, first)?;
+        let (last_at, last_len) = self.block_range(0, last)?;
+        let span = usize::try_from(last_at + last_len as u64 - start)
+            .map_err(|_| self.bad("section too large"))?;
+        let mut buf = vec![0u8; span];
+        self.read_exact(&mut buf, start)?;
+        for (blk, data) in (first..=last).zip(buf.chunks(BLOCK)) {
+            if format::sum(data) != self.expected_sum(0, blk)? {
+                return Err(self.bad("block checksum mismatch"));
+            }
+        }
+        buf.truncate((b - start) as usize);
+        buf.drain(..(a - start) as usize);
+        Ok(buf)
+    }
+
+    fn rec(&self, s: Sec, size: usize, i: u32) -> Result<Vec<u8>, Error> {
         self.get(s, u64::from(i) * size as u64, size as u64)
     }
 
@@ -214,17 +281,17 @@ impl Cache {
         Ok(b.chunks(4).map(|c| u32_at(c, 0)).collect())
     }
 
-    fn string(&self, off: u32, len: u32) -> Result<&str, Error> {
+    fn string(&self, off: u32, len: u32) -> Result<String, Error> {
         let b = self.get(Sec::Strings, u64::from(off), u64::from(len))?;
-        std::str::from_utf8(b).map_err(|_| self.bad("string is not UTF-8"))
+        String::from_utf8(b).map_err(|_| self.bad("string is not UTF-8"))
     }
 
     /// Find `name` in a hash section whose slot `i` names `name_of(i)`.
-    fn probe<'s>(
-        &'s self,
+    fn probe(
+        &self,
         table: Sec,
         name: &str,
-        name_of: impl Fn(u32) -> Result<&'s str, Error>,
+        name_of: impl Fn(u32) -> Result<String, Error>,
     ) -> Result<Option<u32>, Error> {
         let buckets = self.header.section(table).1 / BUCKET_LEN as u64;
         let mask = buckets - 1;
@@ -233,11 +300,11 @@ impl Cache {
         // A table is at most half full, so a run ends well before wrapping around.
         for _ in 0..buckets {
             let rec = self.get(table, b * BUCKET_LEN as u64, BUCKET_LEN as u64)?;
-            let slot = u32_at(rec, 4);
+            let slot = u32_at(&rec, 4);
             if slot == 0 {
                 return Ok(None);
             }
-            if u32_at(rec, 0) == (h >> 32) as u32 && name_of(slot - 1)? == name {
+            if u32_at(&rec, 0) == (h >> 32) as u32 && name_of(slot - 1)? == name {
                 return Ok(Some(slot - 1));
             }
             b = (b + 1) & mask;
@@ -245,16 +312,16 @@ impl Cache {
         Err(self.bad("hash table has no empty bucket"))
     }
 
-    fn item(&self, i: u32) -> Result<ItemRec<'_>, Error> {
+    fn item(&self, i: u32) -> Result<ItemRec, Error> {
         if i >= self.header.n_items {
             return Err(self.bad("item out of range"));
         }
         let r = self.rec(Sec::Items, ITEM_LEN, i)?;
         Ok(ItemRec {
-            key: self.string(u32_at(r, 0), u32_at(r, 4))?,
-            image: u32_at(r, 8),
-            val_off: u64_at(r, 32),
-            val_len: u32_at(r, 40),
+            key: self.string(u32_at(&r, 0), u32_at(&r, 4))?,
+            image: u32_at(&r, 8),
+            val_off: u64_at(&r, 32),
+            val_len: u32_at(&r, 40),
         })
     }
 
@@ -276,13 +343,13 @@ impl Cache {
         };
         let found = self.probe(Sec::CanonHash, canonical, |i| {
             let r = rec(i)?;
-            self.string(u32_at(r, 0), u32_at(r, 4))
+            self.string(u32_at(&r, 0), u32_at(&r, 4))
         })?;
         let Some(c) = found else {
             return Ok(Vec::new());
         };
         let r = rec(c)?;
-        let images = self.u32s(Sec::CanonList, u32_at(r, 8), u32_at(r, 12))?;
+        let images = self.u32s(Sec::CanonList, u32_at(&r, 8), u32_at(&r, 12))?;
         if images.is_empty() || images.windows(2).any(|w| w[0] >= w[1]) {
             return Err(self.bad("canonical reference names no or unsorted images"));
         }
@@ -312,7 +379,7 @@ impl Cache {
         let bits = self.header.bucket_bits;
         let b = format::bucket_of(&prefix.lower_bound(), bits) as u64;
         let bounds = self.get(Sec::Buckets, b * 4, 8)?;
-        let (from, to) = (u32_at(bounds, 0), u32_at(bounds, 4));
+        let (from, to) = (u32_at(&bounds, 0), u32_at(&bounds, 4));
         if from > to || to > self.header.n_prefix {
             return Err(self.bad("prefix bucket out of range"));
         }
@@ -341,7 +408,7 @@ impl Cache {
         Ok(out)
     }
 
-    fn image(&self, img: u32) -> Result<&[u8], Error> {
+    fn image(&self, img: u32) -> Result<Vec<u8>, Error> {
         if img >= self.header.n_images {
             return Err(self.bad("image out of range"));
         }
@@ -357,7 +424,7 @@ impl Cache {
     /// Item numbers of every key of image `img`, in key order.
     fn alias_items(&self, img: u32) -> Result<Vec<u32>, Error> {
         let r = self.image(img)?;
-        let items = self.u32s(Sec::Aliases, u32_at(r, 4), u32_at(r, 8))?;
+        let items = self.u32s(Sec::Aliases, u32_at(&r, 4), u32_at(&r, 8))?;
         if items.is_empty() || items.windows(2).any(|w| w[0] >= w[1]) {
             return Err(self.bad("image has no or unsorted keys"));
         }
@@ -373,7 +440,7 @@ impl Cache {
     pub fn keys(&self, img: u32) -> Result<Vec<String>, Error> {
         self.alias_items(img)?
             .into_iter()
-            .map(|i| Ok(self.item(i)?.key.to_owned()))
+            .map(|i| Ok(self.item(i)?.key))
             .collect()
     }
 
@@ -402,25 +469,36 @@ impl Cache {
         Ok(e)
     }
 
-    /// Every key with its ID, size and creation time, in key order, borrowed from the map (for
-    /// `list`: no allocation per key). Every block read is verified (the item, image and
-    /// string tables; not the hash and prefix tables `list` does not need) before anything is
-    /// returned, so the answer is every row or an error, never a part.
-    pub fn rows_ref(&self) -> Result<Vec<RowRef<'_>>, Error> {
-        // Read straight through, with read-around, instead of page by page.
-        let _ = self.map.advise(memmap2::Advice::Sequential);
-        // Each table in one piece: its blocks are verified in one pass, and the records are
-        // cut from the slices without a bounds-and-checksum check per field.
+    /// The item, image and string tables, each read with one `pread` and verified whole the
+    /// first time, then kept.
+    fn tables(&self) -> Result<&Tables, Error> {
+        if let Some(t) = self.tables.get() {
+            return Ok(t);
+        }
         let n_items = u64::from(self.header.n_items);
-        let items = self.get(Sec::Items, 0, n_items * ITEM_LEN as u64)?;
-        let images = self.get(
+        let items = self.get_bulk(Sec::Items, 0, n_items * ITEM_LEN as u64)?;
+        let images = self.get_bulk(
             Sec::Images,
             0,
             u64::from(self.header.n_images) * IMAGE_LEN as u64,
         )?;
-        let strings = self.get(Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
+        let strings = self.get_bulk(Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
         // Valid as a whole, so each string is valid if it starts and ends on a char boundary.
-        let strings = std::str::from_utf8(strings).map_err(|_| self.bad("string is not UTF-8"))?;
+        let strings = String::from_utf8(strings).map_err(|_| self.bad("string is not UTF-8"))?;
+        Ok(self.tables.get_or_init(|| Tables {
+            items,
+            images,
+            strings,
+        }))
+    }
+
+    /// Every key with its ID, size and creation time, in key order, borrowed from the tables (for
+    /// `list`: no allocation per key). Every block read is verified (the item, image and
+    /// string tables; not the hash and prefix tables `list` does not need) before anything is
+    /// returned, so the answer is every row or an error, never a part.
+    pub fn rows_ref(&self) -> Result<Vec<RowRef<'_>>, Error> {
+        let t = self.tables()?;
+        let (items, images, strings) = (&t.items, &t.images, t.strings.as_str());
         let string = |r: &[u8], at: usize| {
             let off = u32_at(r, at) as usize;
             let len = u32_at(r, at + 4) as usize;
@@ -490,8 +568,8 @@ pub struct Row {
     pub created_at: String,
 }
 
-struct ItemRec<'a> {
-    key: &'a str,
+struct ItemRec {
+    key: String,
     image: u32,
     val_off: u64,
     val_len: u32,
