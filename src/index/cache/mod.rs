@@ -1,7 +1,7 @@
-//! `db/images.idx`: a memory-mapped, checksummed lookup cache derived from `db/images.json`.
+//! `db/images.idx`: a checksummed lookup cache derived from `db/images.json`, read block by block.
 //!
 //! The JSON stays the source of truth (and the only file cocoon knows); the cache lets the boot
-//! path resolve a query with a few hash probes or a binary search over mapped bytes and decode
+//! path resolve a query with a few hash probes or a binary search over the cache's blocks and decode
 //! one entry, instead of parsing every entry (docs/design.md §4). It holds sorted and hashed
 //! tables of keys, canonical references and binary image IDs; each key points at its entry's
 //! bytes inside the JSON file, which a lookup reads with one `pread` and checks against the ID.
