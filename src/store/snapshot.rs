@@ -243,15 +243,26 @@ impl Store {
         mut f: impl FnMut(ListRow<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         if let Some(caches) = self.caches() {
-            let all: Option<Vec<_>> = caches
+            let tables: Option<Vec<_>> = caches
                 .iter()
                 .map(|c| {
-                    c.rows_ref()
-                        .map(|rows| (c.kind(), rows))
+                    c.tables()
+                        .map(|t| (c.kind(), t))
                         .map_err(|e| tracing::debug!("{e}"))
                         .ok()
                 })
                 .collect();
+            let all: Option<Vec<_>> = tables.as_ref().and_then(|tables| {
+                tables
+                    .iter()
+                    .map(|(kind, t)| {
+                        t.rows()
+                            .map(|rows| (*kind, rows))
+                            .map_err(|e| tracing::debug!("{e}"))
+                            .ok()
+                    })
+                    .collect()
+            });
             if let Some(all) = all {
                 for (kind, rows) in all {
                     for r in rows {

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rayon::prelude::*;
@@ -39,8 +39,6 @@ pub struct Cache {
     levels: Vec<(u64, u64)>,
     /// Blocks already read and verified, by (level, block number); at most [`MEMO_MAX`].
     memo: Mutex<Memo>,
-    /// The tables `list` reads, read and verified whole on first use.
-    tables: OnceLock<Tables>,
 }
 
 /// Verified blocks by (level, block number).
@@ -49,11 +47,13 @@ type Memo = HashMap<(usize, u64), Arc<[u8]>>;
 /// Most verified blocks a cache keeps (4 MiB); past that the memo starts over.
 const MEMO_MAX: usize = 1024;
 
-/// The item, image and string tables, read whole and verified (for `list`).
-struct Tables {
+/// The item, image and string tables of a cache, read whole and verified (for `list`). Not
+/// kept by the cache: a `Store` kept across boots holds no copy of them.
+pub struct Tables {
     items: Vec<u8>,
     images: Vec<u8>,
     strings: String,
+    path: PathBuf,
 }
 
 /// Why a cache is not used, as an [`Error::Rejected`].
@@ -133,7 +133,6 @@ impl Cache {
             path: cache.to_path_buf(),
             levels,
             memo: Mutex::new(HashMap::new()),
-            tables: OnceLock::new(),
         }))
     }
 
@@ -475,12 +474,12 @@ impl Cache {
         Ok(e)
     }
 
-    /// The item, image and string tables, each read with one `pread` and verified whole the
-    /// first time, then kept.
-    fn tables(&self) -> Result<&Tables, Error> {
-        if let Some(t) = self.tables.get() {
-            return Ok(t);
-        }
+    /// The item, image and string tables, each read with one `pread` and every block of them
+    /// verified (not the hash and prefix tables `list` does not need).
+    ///
+    /// # Errors
+    /// A block that does not match its sum, or an I/O error: answer from the JSON.
+    pub fn tables(&self) -> Result<Tables, Error> {
         let n_items = u64::from(self.header.n_items);
         let items = self.get_bulk(Sec::Items, 0, n_items * ITEM_LEN as u64)?;
         let images = self.get_bulk(
@@ -491,20 +490,44 @@ impl Cache {
         let strings = self.get_bulk(Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
         // Valid as a whole, so each string is valid if it starts and ends on a char boundary.
         let strings = String::from_utf8(strings).map_err(|_| self.bad("string is not UTF-8"))?;
-        Ok(self.tables.get_or_init(|| Tables {
+        Ok(Tables {
             items,
             images,
             strings,
-        }))
+            path: self.path.clone(),
+        })
+    }
+
+    /// [`Tables::rows`] of this cache, owned (for tests).
+    #[cfg(feature = "unstable")]
+    pub fn rows(&self) -> Result<Vec<Row>, Error> {
+        Ok(self
+            .tables()?
+            .rows()?
+            .into_iter()
+            .map(|r| Row {
+                key: r.key.to_owned(),
+                id: r.id,
+                size: r.size,
+                created_at: r.created_at.to_owned(),
+            })
+            .collect())
+    }
+}
+
+impl Tables {
+    fn bad(&self, reason: &'static str) -> Error {
+        reject(&self.path, reason)
     }
 
     /// Every key with its ID, size and creation time, in key order, borrowed from the tables (for
-    /// `list`: no allocation per key). Every block read is verified (the item, image and
-    /// string tables; not the hash and prefix tables `list` does not need) before anything is
-    /// returned, so the answer is every row or an error, never a part.
-    pub fn rows_ref(&self) -> Result<Vec<RowRef<'_>>, Error> {
-        let t = self.tables()?;
-        let (items, images, strings) = (&t.items, &t.images, t.strings.as_str());
+    /// `list`: no allocation per key). Every record is checked before anything is returned, so
+    /// the answer is every row or an error, never a part.
+    ///
+    /// # Errors
+    /// A record pointing outside its table, or a malformed ID: answer from the JSON.
+    pub fn rows(&self) -> Result<Vec<RowRef<'_>>, Error> {
+        let (items, images, strings) = (&self.items, &self.images, self.strings.as_str());
         let string = |r: &[u8], at: usize| {
             let off = u32_at(r, at) as usize;
             let len = u32_at(r, at + 4) as usize;
@@ -516,7 +539,7 @@ impl Cache {
             .chunks_exact(IMAGE_LEN)
             .map(|r| digest_of(r[0], &r[16..80]).ok_or_else(|| self.bad("malformed image ID")))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut rows = Vec::with_capacity(self.header.n_items as usize);
+        let mut rows = Vec::with_capacity(items.len() / ITEM_LEN);
         for r in items.chunks_exact(ITEM_LEN) {
             let id = *ids
                 .get(u32_at(r, 8) as usize)
@@ -530,24 +553,9 @@ impl Cache {
         }
         Ok(rows)
     }
-
-    /// [`Cache::rows_ref`], owned (for tests).
-    #[cfg(feature = "unstable")]
-    pub fn rows(&self) -> Result<Vec<Row>, Error> {
-        Ok(self
-            .rows_ref()?
-            .into_iter()
-            .map(|r| Row {
-                key: r.key.to_owned(),
-                id: r.id,
-                size: r.size,
-                created_at: r.created_at.to_owned(),
-            })
-            .collect())
-    }
 }
 
-/// One key as [`Cache::rows_ref`] lists it, borrowed from the cache.
+/// One key as [`Tables::rows`] lists it, borrowed from the tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowRef<'a> {
     /// The index key.
@@ -560,7 +568,7 @@ pub struct RowRef<'a> {
     pub created_at: &'a str,
 }
 
-/// One key as [`Cache::rows`] lists it.
+/// One key as `Cache::rows` lists it.
 #[cfg(feature = "unstable")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
