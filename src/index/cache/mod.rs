@@ -32,7 +32,7 @@ pub use build::{build, Clock, Origin};
 pub use format::Source;
 #[cfg(feature = "unstable")]
 pub use format::Time;
-pub use read::{Cache, RowRef, Tables};
+pub use read::Cache;
 #[cfg(feature = "unstable")]
 pub use read::Row;
 pub use resolve::resolve;

@@ -2,10 +2,11 @@
 //! verifying each block's checksum (and the sum blocks above it) the first time a lookup
 //! touches it.
 //!
-//! The cache is read, not mapped: a boot opens it, touches a dozen blocks and drops it, and a
-//! `pread` of a 4 KiB block costs less than setting up and tearing down a mapping of the whole
-//! file plus a page fault per touched page (docs/design.md §4.1, §10). Verified blocks are kept
-//! (a bounded memo), so a `Store` kept across boots re-reads nothing while the index is current.
+//! Lookups read the cache, they do not map it: a boot opens it, touches a dozen blocks and drops
+//! it, and a `pread` of a 4 KiB block costs less than setting up and tearing down a mapping of
+//! the whole file plus a page fault per touched page (docs/design.md §4.1, §10). Verified blocks
+//! are kept (a bounded memo), so a `Store` kept across boots re-reads nothing while the index is
+//! current. `list`, which reads whole tables, maps the file for that one call.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rayon::prelude::*;
 
 use super::format::{
     self, digest_of, str_hash, u32_at, u64_at, Header, Sec, Source, BLOCK, BUCKET_LEN, CANON_LEN,
@@ -50,10 +50,26 @@ const MEMO_MAX: usize = 1024;
 /// The item, image and string tables of a cache, read whole and verified (for `list`). Not
 /// kept by the cache: a `Store` kept across boots holds no copy of them.
 pub struct Tables {
-    items: Vec<u8>,
-    images: Vec<u8>,
-    strings: String,
+    map: memmap2::Mmap,
+    items: std::ops::Range<usize>,
+    images: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
     path: PathBuf,
+}
+
+#[allow(unsafe_code)]
+fn map_cache(file: &File, len: u64) -> io::Result<memmap2::Mmap> {
+    // SAFETY: a shared read-only map is undefined behaviour only if the file changes while the
+    // map is alive. Only a store writer creates `images.idx`: it writes a temp file, fsyncs it,
+    // makes it 0444 and renames it into place, and never opens a published cache for writing;
+    // a replacement is a new inode, so this map keeps the old, unchanging one. The map lives in
+    // `Tables` for one `list`, and every range read from it is bounds-checked and checksummed
+    // first.
+    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }?;
+    // `list` reads its tables straight through.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(map)
 }
 
 /// Why a cache is not used, as an [`Error::Rejected`].
@@ -246,35 +262,36 @@ impl Cache {
         Ok(out)
     }
 
-    /// `len` bytes at `rel` of section `s` with one `pread` of the blocks they span, each
-    /// verified (for `list`, which reads whole tables).
-    fn get_bulk(&self, s: Sec, rel: u64, len: u64) -> Result<Vec<u8>, Error> {
+    /// The byte range of `len` bytes at `rel` of section `s` in `map` (this cache file, mapped),
+    /// with every block it spans verified (for `list`, which reads whole tables).
+    fn verify_span(
+        &self,
+        map: &[u8],
+        s: Sec,
+        rel: u64,
+        len: u64,
+    ) -> Result<std::ops::Range<usize>, Error> {
         let (a, b) = self.span(s, rel, len)?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(0..0);
         }
         let base = self.levels[0].0;
         let block = BLOCK as u64;
         let (first, last) = ((a - base) / block, (b - 1 - base) / block);
-        let (start, _) = self.block_range(0, first)?;
-        let (last_at, last_len) = self.block_range(0, last)?;
-        let span = usize::try_from(last_at + last_len as u64 - start)
-            .map_err(|_| self.bad("section too large"))?;
-        let mut buf = vec![0u8; span];
-        self.read_exact(&mut buf, start)?;
-        // Hashed on every core: `list` verifies thousands of blocks.
-        buf.par_chunks(BLOCK)
-            .enumerate()
-            .try_for_each(|(k, data)| {
-                if format::sum(data) == self.expected_sum(0, first + k as u64)? {
+        (first..=last)
+            .into_iter()
+            .try_for_each(|blk| {
+                let (at, n) = self.block_range(0, blk)?;
+                let data = map
+                    .get(at as usize..at as usize + n)
+                    .ok_or_else(|| self.bad("block out of range"))?;
+                if format::sum(data) == self.expected_sum(0, blk)? {
                     Ok(())
                 } else {
                     Err(self.bad("block checksum mismatch"))
                 }
             })?;
-        buf.truncate((b - start) as usize);
-        buf.drain(..(a - start) as usize);
-        Ok(buf)
+        Ok(a as usize..b as usize)
     }
 
     fn rec(&self, s: Sec, size: usize, i: u32) -> Result<Vec<u8>, Error> {
@@ -480,22 +497,33 @@ impl Cache {
     /// # Errors
     /// A block that does not match its sum, or an I/O error: answer from the JSON.
     pub fn tables(&self) -> Result<Tables, Error> {
+        let map = map_cache(&self.file, self.header_len()?).map_err(|source| {
+            Error::Io(IoError::new("mapping index cache", self.path.clone(), source))
+        })?;
         let n_items = u64::from(self.header.n_items);
-        let items = self.get_bulk(Sec::Items, 0, n_items * ITEM_LEN as u64)?;
-        let images = self.get_bulk(
+        let items = self.verify_span(&map, Sec::Items, 0, n_items * ITEM_LEN as u64)?;
+        let images = self.verify_span(
+            &map,
             Sec::Images,
             0,
             u64::from(self.header.n_images) * IMAGE_LEN as u64,
         )?;
-        let strings = self.get_bulk(Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
-        // Valid as a whole, so each string is valid if it starts and ends on a char boundary.
-        let strings = String::from_utf8(strings).map_err(|_| self.bad("string is not UTF-8"))?;
+        let strings =
+            self.verify_span(&map, Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
         Ok(Tables {
+            map,
             items,
             images,
             strings,
             path: self.path.clone(),
         })
+    }
+
+    /// The file length the header describes (checked against the file at open).
+    fn header_len(&self) -> Result<u64, Error> {
+        let (off, len) = self.levels[self.levels.len() - 1];
+        off.checked_add(len)
+            .ok_or_else(|| self.bad("file length out of range"))
     }
 
     /// [`Tables::rows`] of this cache, owned (for tests).
@@ -527,7 +555,10 @@ impl Tables {
     /// # Errors
     /// A record pointing outside its table, or a malformed ID: answer from the JSON.
     pub fn rows(&self) -> Result<Vec<RowRef<'_>>, Error> {
-        let (items, images, strings) = (&self.items, &self.images, self.strings.as_str());
+        let (items, images) = (&self.map[self.items.clone()], &self.map[self.images.clone()]);
+        // Valid as a whole, so each string is valid if it starts and ends on a char boundary.
+        let strings = std::str::from_utf8(&self.map[self.strings.clone()])
+            .map_err(|_| self.bad("string is not UTF-8"))?;
         let string = |r: &[u8], at: usize| {
             let off = u32_at(r, at) as usize;
             let len = u32_at(r, at + 4) as usize;
