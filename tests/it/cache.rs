@@ -392,6 +392,9 @@ fn damaged_block_is_refused_by_the_lookup_touching_it() {
     let refs: Vec<&Cache> = caches.iter().collect();
     let err = cache::resolve(&refs, "app0", None).unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
+    // `list` reads the whole item table (through its own bulk path) and refuses it too.
+    let err = caches[0].rows().unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
 }
 
 #[test]
