@@ -42,7 +42,7 @@ pub struct Cache {
 }
 
 /// Verified blocks by (level, block number).
-type Memo = HashMap<(usize, u64), Arc<[u8]>>;
+type Memo = HashMap<(usize, u64), Arc<Vec<u8>>>;
 
 /// Most verified blocks a cache keeps (4 MiB); past that the memo starts over.
 const MEMO_MAX: usize = 1024;
@@ -199,7 +199,7 @@ impl Cache {
     }
 
     /// Block `i` of level `level`, read and verified (and the blocks above it), or from the memo.
-    fn block(&self, level: usize, i: u64) -> Result<Arc<[u8]>, Error> {
+    fn block(&self, level: usize, i: u64) -> Result<Arc<Vec<u8>>, Error> {
         if let Some(b) = self.memo.lock().get(&(level, i)) {
             return Ok(Arc::clone(b));
         }
@@ -210,7 +210,8 @@ impl Cache {
         if format::sum(&buf) != expected {
             return Err(self.bad("block checksum mismatch"));
         }
-        let buf: Arc<[u8]> = buf.into();
+        // Moved, not copied, into the memo.
+        let buf = Arc::new(buf);
         let mut memo = self.memo.lock();
         if memo.len() >= MEMO_MAX {
             memo.clear();
