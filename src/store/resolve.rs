@@ -106,8 +106,8 @@ impl Store {
                     .find(|c| c.kind() == r.kind)
                     .expect("a resolved image comes from one of the caches");
                 let entry = match r.kind {
-                    Kind::Oci => ImageEntry::Oci(c.entry(r.image)?),
-                    Kind::CloudImg => ImageEntry::Cloud(c.entry(r.image)?),
+                    Kind::Oci => ImageEntry::Oci(c.record_entry(&r.record)?),
+                    Kind::CloudImg => ImageEntry::Cloud(c.record_entry(&r.record)?),
                 };
                 let found = Found {
                     kind: r.kind,

@@ -379,13 +379,28 @@ fn truncated_or_extended_cache_is_refused() {
 }
 
 #[test]
+fn cache_of_another_format_version_is_refused() {
+    let (_tmp, _layout, oci) = fresh();
+    let path = cache::path_for(&oci);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A version-1 cache (the format before per-image records), otherwise well formed.
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    format::reseal(&mut bytes);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(rejected(Kind::Oci, &oci).contains("version"));
+}
+
+#[test]
 fn damaged_block_is_refused_by_the_lookup_touching_it() {
     let (_tmp, layout, oci) = fresh();
     let path = cache::path_for(&oci);
     let mut bytes = std::fs::read(&path).unwrap();
     let h = format::Header::decode(&bytes, bytes.len() as u64).unwrap();
     let (items, _) = h.section(format::Sec::Items);
-    bytes[items as usize + 8] ^= 1; // the first item's image number
+    bytes[items as usize + 8] ^= 1; // the first item's image number (read by `list`)
+    let (records, _) = h.section(format::Sec::Records);
+    bytes[records as usize + 16] ^= 1; // the first image's ID in its record (read by lookups)
     std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, &bytes).unwrap();
     let caches = both(&layout);

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::format::{
     self, alg_code, bucket_of, str_hash, Header, Sec, Source, Time, BLOCK, BUCKET_LEN, HEADER_LEN,
-    IMAGE_LEN, MAX_BUCKET_BITS, PREFIX_LEN, SECTIONS, SUM_LEN,
+    IMAGE_LEN, MAX_BUCKET_BITS, PREFIX_LEN, REC_FIXED, SECTIONS, SUM_LEN,
 };
 use super::Error;
 use crate::error::IoError;
@@ -156,13 +156,14 @@ impl Body {
     }
 }
 
-/// An open-addressing table with linear probing over `names`, slot `i` holding `names[i]`.
-fn hash_table<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Vec<u8> {
+/// An open-addressing table with linear probing over `names`, the bucket of `name` holding
+/// `value + 1`.
+fn hash_table<'a>(names: impl ExactSizeIterator<Item = (&'a str, u32)>) -> Vec<u8> {
     let n = names.len();
     let buckets = (n * 2).max(1).next_power_of_two();
     let mask = buckets - 1;
     let mut table = vec![0u8; buckets * BUCKET_LEN];
-    for (slot, name) in names.enumerate() {
+    for (name, value) in names {
         let h = str_hash(name.as_bytes());
         let mut b = (h as usize) & mask;
         while format::u32_at(&table, b * BUCKET_LEN + 4) != 0 {
@@ -170,9 +171,58 @@ fn hash_table<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Vec<u8> {
         }
         let at = b * BUCKET_LEN;
         table[at..at + 4].copy_from_slice(&((h >> 32) as u32).to_le_bytes());
-        table[at + 4..at + 8].copy_from_slice(&(slot as u32 + 1).to_le_bytes());
+        table[at + 4..at + 8].copy_from_slice(&(value + 1).to_le_bytes());
     }
     table
+}
+
+/// The record of one image in `Records`: fixed part, then its keys; 8-aligned.
+fn record(
+    img: u32,
+    id: &Digest,
+    members: &[u32],
+    items: &[ItemIn<'_>],
+) -> Result<Vec<u8>, Error> {
+    let first = &items[members[0] as usize];
+    let mut rec = vec![0u8; REC_FIXED];
+    rec[0] = alg_code(id.algorithm());
+    rec[4..8].copy_from_slice(&img.to_le_bytes());
+    rec[12..16].copy_from_slice(&(members.len() as u32).to_le_bytes());
+    rec[16..16 + id.as_bytes().len()].copy_from_slice(id.as_bytes());
+    rec[80..88].copy_from_slice(&first.val_off.to_le_bytes());
+    rec[88..92].copy_from_slice(&first.val_len.to_le_bytes());
+    for &m in members {
+        let key = items[m as usize].key;
+        rec.extend_from_slice(&u32::try_from(key.len()).map_err(|_| too_large())?.to_le_bytes());
+        rec.extend_from_slice(key.as_bytes());
+    }
+    rec.resize(rec.len().next_multiple_of(8), 0);
+    let len = u32::try_from(rec.len()).map_err(|_| too_large())?;
+    rec[8..12].copy_from_slice(&len.to_le_bytes());
+    Ok(rec)
+}
+
+/// The image table and the image records, in image order; returns where each record starts
+/// (its offset / 8), which the key table points at.
+fn put_records(
+    body: &mut Body,
+    images: &BTreeMap<Digest, Vec<u32>>,
+    items: &[ItemIn<'_>],
+) -> Result<Vec<u32>, Error> {
+    let mut rec_at = Vec::with_capacity(images.len());
+    for (img, (id, members)) in (0u32..).zip(images) {
+        let off = body.secs[Sec::Records as usize].len();
+        let off8 = u32::try_from(off / 8).map_err(|_| too_large())?;
+        rec_at.push(off8);
+        let rec = record(img, id, members, items)?;
+        body.put(Sec::Records, &rec);
+        let mut head = [0u8; IMAGE_LEN];
+        head[0] = alg_code(id.algorithm());
+        head[4..8].copy_from_slice(&off8.to_le_bytes());
+        head[16..16 + id.as_bytes().len()].copy_from_slice(id.as_bytes());
+        body.put(Sec::Images, &head);
+    }
+    Ok(rec_at)
 }
 
 fn encode(
@@ -204,22 +254,13 @@ fn encode(
         body.put32(Sec::Items, item.val_len);
         body.put32(Sec::Items, 0);
     }
-    let keys = hash_table(items.iter().map(|i| i.key));
+    let rec_at = put_records(&mut body, &images, items)?;
+    let keys = hash_table(
+        items
+            .iter()
+            .map(|i| (i.key, rec_at[image_of[&i.id] as usize])),
+    );
     body.put(Sec::KeyHash, &keys);
-
-    let mut alias_off = 0u32;
-    for (id, members) in &images {
-        let mut rec = [0u8; IMAGE_LEN];
-        rec[0] = alg_code(id.algorithm());
-        rec[4..8].copy_from_slice(&alias_off.to_le_bytes());
-        rec[8..12].copy_from_slice(&(members.len() as u32).to_le_bytes());
-        rec[16..16 + id.as_bytes().len()].copy_from_slice(id.as_bytes());
-        body.put(Sec::Images, &rec);
-        for &m in members {
-            body.put32(Sec::Aliases, m);
-        }
-        alias_off += members.len() as u32;
-    }
 
     let mut canon: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
     for item in items {
@@ -239,7 +280,7 @@ fn encode(
         }
         list_off += imgs.len() as u32;
     }
-    let canon_table = hash_table(canon.keys().copied());
+    let canon_table = hash_table(canon.keys().copied().zip(0..canon.len() as u32));
     body.put(Sec::CanonHash, &canon_table);
 
     // Digest order puts sha256 IDs together, sorted by their bytes.

@@ -14,7 +14,7 @@ use crate::digest::{Algorithm, Digest};
 /// `db/images.idx` begins with these bytes.
 pub const MAGIC: [u8; 8] = *b"IMGSIDX\0";
 /// Bumped on any incompatible change; a reader rejects every other version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes of the header, including the top sums and the header checksum.
 pub const HEADER_LEN: usize = 2048;
 /// Checksummed block size of every level.
@@ -28,12 +28,16 @@ pub const MAX_LEVELS: usize = 6;
 
 /// Length of one item record (one index key).
 pub const ITEM_LEN: usize = 48;
-/// Length of one hash bucket: high 32 bits of the hash, then the slot number plus one (0: empty).
+/// Length of one hash bucket: high 32 bits of the hash, then what it points at plus one (0:
+/// empty). A key bucket points at an image record (its offset in `Records` / 8), a canonical
+/// bucket at a canonical record (its number).
 pub const BUCKET_LEN: usize = 8;
 /// Length of one canonical-reference record.
 pub const CANON_LEN: usize = 16;
 /// Length of one image record.
 pub const IMAGE_LEN: usize = 80;
+/// Length of the fixed part of a variable-length record in `Records`; its keys follow.
+pub const REC_FIXED: usize = 96;
 /// Length of one prefix-table record (sha256 IDs only).
 pub const PREFIX_LEN: usize = 40;
 /// At most this many leading bits of an ID pick its prefix bucket; every prefix has 48.
@@ -44,7 +48,7 @@ pub const MAX_BUCKET_BITS: u32 = 16;
 pub enum Sec {
     /// `ITEM_LEN` records sorted by key.
     Items = 0,
-    /// Open-addressing hash table over item keys.
+    /// Open-addressing hash table over item keys, pointing at their images' records.
     KeyHash,
     /// `CANON_LEN` records, one per distinct canonical reference.
     Canon,
@@ -52,10 +56,12 @@ pub enum Sec {
     CanonHash,
     /// u32 image numbers, runs pointed at by canonical records.
     CanonList,
-    /// `IMAGE_LEN` records sorted by digest.
+    /// `IMAGE_LEN` records sorted by digest, each pointing at its record in `Records`.
     Images,
-    /// u32 item numbers, runs pointed at by image records (each run in key order).
-    Aliases,
+    /// One variable-length record per image, 8-aligned, in image order: `REC_FIXED` bytes
+    /// (algorithm, image number, record length, key count, ID, the byte range of the entry
+    /// under its first key) then its keys, sorted (u32 length + bytes each), zero-padded.
+    Records,
     /// `PREFIX_LEN` records of sha256 IDs sorted by ID.
     Prefix,
     /// u32 starts of each prefix bucket, plus the end.
@@ -423,7 +429,8 @@ impl Header {
             && len_of(Sec::Canon) == n(self.n_canon, CANON_LEN)
             && len_of(Sec::Images) == n(self.n_images, IMAGE_LEN)
             && len_of(Sec::Prefix) == n(self.n_prefix, PREFIX_LEN)
-            && len_of(Sec::Aliases) == n(self.n_items, 4)
+            && len_of(Sec::Records).is_multiple_of(8)
+            && len_of(Sec::Records) >= n(self.n_images, REC_FIXED)
             && len_of(Sec::CanonList) % 4 == 0
             && self.bucket_bits <= MAX_BUCKET_BITS
             && len_of(Sec::Buckets) == ((1u64 << self.bucket_bits) + 1) * 4

@@ -34,6 +34,8 @@ pub use format::Source;
 pub use format::Time;
 pub use read::Cache;
 #[cfg(feature = "unstable")]
+pub use read::Record;
+#[cfg(feature = "unstable")]
 pub use read::Row;
 pub use resolve::resolve;
 #[cfg(feature = "unstable")]

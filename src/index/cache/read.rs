@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 use super::format::{
     self, digest_of, str_hash, u32_at, u64_at, Header, Sec, Source, BLOCK, BUCKET_LEN, CANON_LEN,
-    IMAGE_LEN, ITEM_LEN, PREFIX_LEN, SUM_LEN,
+    IMAGE_LEN, ITEM_LEN, PREFIX_LEN, REC_FIXED, SUM_LEN,
 };
 use super::Error;
 use crate::digest::{Digest, Prefix};
@@ -42,7 +42,7 @@ pub struct Cache {
 }
 
 /// Verified blocks by (level, block number).
-type Memo = HashMap<(usize, u64), Arc<[u8]>>;
+type Memo = HashMap<(usize, u64), Arc<Vec<u8>>>;
 
 /// Most verified blocks a cache keeps (4 MiB); past that the memo starts over.
 const MEMO_MAX: usize = 1024;
@@ -199,7 +199,7 @@ impl Cache {
     }
 
     /// Block `i` of level `level`, read and verified (and the blocks above it), or from the memo.
-    fn block(&self, level: usize, i: u64) -> Result<Arc<[u8]>, Error> {
+    fn block(&self, level: usize, i: u64) -> Result<Arc<Vec<u8>>, Error> {
         if let Some(b) = self.memo.lock().get(&(level, i)) {
             return Ok(Arc::clone(b));
         }
@@ -210,7 +210,8 @@ impl Cache {
         if format::sum(&buf) != expected {
             return Err(self.bad("block checksum mismatch"));
         }
-        let buf: Arc<[u8]> = buf.into();
+        // Moved, not copied, into the memo.
+        let buf = Arc::new(buf);
         let mut memo = self.memo.lock();
         if memo.len() >= MEMO_MAX {
             memo.clear();
@@ -308,13 +309,14 @@ impl Cache {
         String::from_utf8(b).map_err(|_| self.bad("string is not UTF-8"))
     }
 
-    /// Find `name` in a hash section whose slot `i` names `name_of(i)`.
-    fn probe(
+    /// Probe the hash section `table` for `name`: `found(v)` is asked about each bucket with
+    /// `name`'s hash whose value is `v`, and says whether that is `name`'s.
+    fn probe<T>(
         &self,
         table: Sec,
         name: &str,
-        name_of: impl Fn(u32) -> Result<String, Error>,
-    ) -> Result<Option<u32>, Error> {
+        mut found: impl FnMut(u32) -> Result<Option<T>, Error>,
+    ) -> Result<Option<T>, Error> {
         let buckets = self.header.section(table).1 / BUCKET_LEN as u64;
         let mask = buckets - 1;
         let h = str_hash(name.as_bytes());
@@ -326,33 +328,90 @@ impl Cache {
             if slot == 0 {
                 return Ok(None);
             }
-            if u32_at(&rec, 0) == (h >> 32) as u32 && name_of(slot - 1)? == name {
-                return Ok(Some(slot - 1));
+            if u32_at(&rec, 0) == (h >> 32) as u32 {
+                if let Some(t) = found(slot - 1)? {
+                    return Ok(Some(t));
+                }
             }
             b = (b + 1) & mask;
         }
         Err(self.bad("hash table has no empty bucket"))
     }
 
-    fn item(&self, i: u32) -> Result<ItemRec, Error> {
-        if i >= self.header.n_items {
-            return Err(self.bad("item out of range"));
+    /// The record at `off8` × 8 of `Records`, checked whole: its length, key count, keys
+    /// (UTF-8, strictly sorted, filling it up to the zero padding), image number and ID.
+    fn record_at(&self, off8: u32) -> Result<Record, Error> {
+        let rel = u64::from(off8) * 8;
+        let fixed = self.get(Sec::Records, rel, REC_FIXED as u64)?;
+        let len = u32_at(&fixed, 8) as usize;
+        if len < REC_FIXED || !len.is_multiple_of(8) {
+            return Err(self.bad("malformed image record"));
         }
-        let r = self.rec(Sec::Items, ITEM_LEN, i)?;
-        Ok(ItemRec {
-            key: self.string(u32_at(&r, 0), u32_at(&r, 4))?,
-            image: u32_at(&r, 8),
-            val_off: u64_at(&r, 32),
-            val_len: u32_at(&r, 40),
+        let r = self.get(Sec::Records, rel, len as u64)?;
+        let image = u32_at(&r, 4);
+        if image >= self.header.n_images {
+            return Err(self.bad("image out of range"));
+        }
+        let id = digest_of(r[0], &r[16..80]).ok_or_else(|| self.bad("malformed image ID"))?;
+        let n_keys = u32_at(&r, 12);
+        let mut keys: Vec<String> = Vec::with_capacity(n_keys.min(64) as usize);
+        let mut at = REC_FIXED;
+        for _ in 0..n_keys {
+            let klen = r
+                .get(at..at + 4)
+                .map(|b| u32_at(b, 0) as usize)
+                .ok_or_else(|| self.bad("key out of its record"))?;
+            let bytes = at
+                .checked_add(4 + klen)
+                .and_then(|end| r.get(at + 4..end))
+                .ok_or_else(|| self.bad("key out of its record"))?;
+            let key = std::str::from_utf8(bytes).map_err(|_| self.bad("key is not UTF-8"))?;
+            if keys.last().is_some_and(|p| p.as_str() >= key) {
+                return Err(self.bad("image has unsorted keys"));
+            }
+            keys.push(key.to_owned());
+            at += 4 + klen;
+        }
+        if keys.is_empty() || len - at >= 8 || r[at..].iter().any(|&b| b != 0) {
+            return Err(self.bad("image record has no keys or trailing bytes"));
+        }
+        Ok(Record {
+            image,
+            id,
+            keys,
+            val_off: u64_at(&r, 80),
+            val_len: u32_at(&r, 88),
         })
     }
 
+    /// The record of image `img`, checked to be that image's.
+    fn record(&self, img: u32) -> Result<Record, Error> {
+        let head = self.image(img)?;
+        let rec = self.record_at(u32_at(&head, 4))?;
+        let id = digest_of(head[0], &head[16..80]).ok_or_else(|| self.bad("malformed image ID"))?;
+        if rec.image != img || rec.id != id {
+            return Err(self.bad("image record belongs to another image"));
+        }
+        Ok(rec)
+    }
+
+    /// The record of the image an exact index key names: one hash bucket and one record.
+    pub fn record_by_key(&self, key: &str) -> Result<Option<Record>, Error> {
+        self.probe(Sec::KeyHash, key, |off8| {
+            let rec = self.record_at(off8)?;
+            Ok(rec.keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok().then_some(rec))
+        })
+    }
+
+    #[cfg(feature = "unstable")]
     /// The image an exact index key names.
     pub fn by_key(&self, key: &str) -> Result<Option<u32>, Error> {
-        let Some(i) = self.probe(Sec::KeyHash, key, |i| Ok(self.item(i)?.key))? else {
-            return Ok(None);
-        };
-        Ok(Some(self.item(i)?.image))
+        Ok(self.record_by_key(key)?.map(|r| r.image))
+    }
+
+    /// The record of image `img` (for [`Cache::record_entry`]).
+    pub fn image_record(&self, img: u32) -> Result<Record, Error> {
+        self.record(img)
     }
 
     /// The images whose keys have the canonical reference `canonical`, in digest order.
@@ -365,7 +424,7 @@ impl Cache {
         };
         let found = self.probe(Sec::CanonHash, canonical, |i| {
             let r = rec(i)?;
-            self.string(u32_at(&r, 0), u32_at(&r, 4))
+            Ok((self.string(u32_at(&r, 0), u32_at(&r, 4))? == canonical).then_some(i))
         })?;
         let Some(c) = found else {
             return Ok(Vec::new());
@@ -443,49 +502,34 @@ impl Cache {
         digest_of(r[0], &r[16..80]).ok_or_else(|| self.bad("malformed image ID"))
     }
 
-    /// Item numbers of every key of image `img`, in key order.
-    fn alias_items(&self, img: u32) -> Result<Vec<u32>, Error> {
-        let r = self.image(img)?;
-        let items = self.u32s(Sec::Aliases, u32_at(&r, 4), u32_at(&r, 8))?;
-        if items.is_empty() || items.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(self.bad("image has no or unsorted keys"));
-        }
-        for &i in &items {
-            if self.item(i)?.image != img {
-                return Err(self.bad("alias belongs to another image"));
-            }
-        }
-        Ok(items)
-    }
-
+    #[cfg(feature = "unstable")]
     /// Every key naming image `img`, sorted.
     pub fn keys(&self, img: u32) -> Result<Vec<String>, Error> {
-        self.alias_items(img)?
-            .into_iter()
-            .map(|i| Ok(self.item(i)?.key))
-            .collect()
+        Ok(self.record(img)?.keys)
     }
 
+    #[cfg(feature = "unstable")]
     /// The entry of image `img` under its first key, read from the index file itself and
     /// checked to carry the image's ID.
     pub fn entry<E: Entry>(&self, img: u32) -> Result<E, Error> {
-        let first = self.alias_items(img)?[0];
-        self.entry_of_item(first, img)
+        let rec = self.record(img)?;
+        self.record_entry(&rec)
     }
 
-    fn entry_of_item<E: Entry>(&self, item: u32, img: u32) -> Result<E, Error> {
-        let it = self.item(item)?;
-        let end = it.val_off.checked_add(u64::from(it.val_len));
+    /// The entry of a record, as [`Cache::entry`]: read from the index file, bounds-checked
+    /// against the size it was validated with, and checked to carry the record's ID.
+    pub fn record_entry<E: Entry>(&self, rec: &Record) -> Result<E, Error> {
+        let end = rec.val_off.checked_add(u64::from(rec.val_len));
         if end.is_none_or(|e| e > self.header.source.size) {
             return Err(self.bad("entry lies outside the index"));
         }
-        let mut buf = vec![0u8; it.val_len as usize];
+        let mut buf = vec![0u8; rec.val_len as usize];
         self.json
-            .read_exact_at(&mut buf, it.val_off)
+            .read_exact_at(&mut buf, rec.val_off)
             .map_err(|source| Error::Io(IoError::new("reading index entry", self.path.clone(), source)))?;
         let e: E =
             serde_json::from_slice(&buf).map_err(|_| self.bad("entry bytes do not parse"))?;
-        if e.id() != self.image_id(img)? {
+        if e.id() != rec.id {
             return Err(self.bad("entry bytes carry another ID"));
         }
         Ok(e)
@@ -613,9 +657,15 @@ pub struct Row {
     pub created_at: String,
 }
 
-struct ItemRec {
-    key: String,
-    image: u32,
+/// One image's record: its number, ID, keys and where its entry lies in the index file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its number in the image table.
+    pub image: u32,
+    /// Its ID.
+    pub id: Digest,
+    /// Every key naming it, sorted.
+    pub keys: Vec<String>,
     val_off: u64,
     val_len: u32,
 }

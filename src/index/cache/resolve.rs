@@ -1,7 +1,7 @@
 //! Resolving a query over the caches of both backends with exactly the precedence, ambiguity
 //! rules and errors of [`crate::lookup::Lookup::resolve`] (DESIGN.md §6).
 
-use super::read::Cache;
+use super::read::{Cache, Record};
 use super::Error;
 use crate::digest::{Digest, Prefix};
 use crate::lookup::{self, Candidate};
@@ -18,26 +18,33 @@ pub struct Resolved {
     pub image: u32,
     /// Every key naming it in its backend, sorted.
     pub keys: Vec<String>,
+    /// Its record (for [`Cache::record_entry`], which reads no other block).
+    pub record: Record,
 }
 
 /// Resolve `query` (with `canonical_query`, its canonical reference if it parses as one) over
 /// `caches`, at most one per backend. The outer error means a cache is unusable: answer from
 /// the JSON instead. The inner result is what the JSON path would answer.
+///
+/// Every step asks every cache, as the JSON path asks both backends: an exact key costs one
+/// hash bucket and one record per cache.
 pub fn resolve(
     caches: &[&Cache],
     query: &str,
     canonical_query: Option<&str>,
 ) -> Result<Result<Resolved, lookup::Error>, Error> {
-    let mut hits: Vec<(usize, u32)> = Vec::new();
+    let mut hits: Vec<(usize, Record)> = Vec::new();
     for (c, cache) in caches.iter().enumerate() {
-        if let Some(img) = cache.by_key(query)? {
-            hits.push((c, img));
+        if let Some(rec) = cache.record_by_key(query)? {
+            hits.push((c, rec));
         }
     }
     if hits.is_empty() {
         if let Some(cq) = canonical_query {
             for (c, cache) in caches.iter().enumerate() {
-                hits.extend(cache.by_canonical(cq)?.into_iter().map(|img| (c, img)));
+                for img in cache.by_canonical(cq)? {
+                    hits.push((c, cache.image_record(img)?));
+                }
             }
         }
     }
@@ -45,7 +52,7 @@ pub fn resolve(
         if let Ok(id) = Digest::parse(query) {
             for (c, cache) in caches.iter().enumerate() {
                 if let Some(img) = cache.by_id(&id)? {
-                    hits.push((c, img));
+                    hits.push((c, cache.image_record(img)?));
                 }
             }
         }
@@ -53,53 +60,49 @@ pub fn resolve(
     if hits.is_empty() {
         if let Ok(prefix) = Prefix::parse(query) {
             for (c, cache) in caches.iter().enumerate() {
-                hits.extend(
-                    cache
-                        .by_prefix(&prefix)?
-                        .into_iter()
-                        .map(|(_, img)| (c, img)),
-                );
+                for (_, img) in cache.by_prefix(&prefix)? {
+                    hits.push((c, cache.image_record(img)?));
+                }
             }
         }
     }
     if hits.is_empty() {
         return Ok(Err(lookup::Error::nothing_matches(query)));
     }
-    decide(caches, query, hits)
+    Ok(decide(caches, query, hits))
 }
 
 fn decide(
     caches: &[&Cache],
     query: &str,
-    hits: Vec<(usize, u32)>,
-) -> Result<Result<Resolved, lookup::Error>, Error> {
-    let mut found: Vec<(Kind, Digest, usize, u32)> = Vec::with_capacity(hits.len());
-    for (c, img) in hits {
-        let cache = caches[c];
-        found.push((cache.kind(), cache.image_id(img)?, c, img));
-    }
-    found.sort_unstable_by_key(|&(kind, id, _, _)| (kind, id));
-    found.dedup_by_key(|&mut (kind, id, _, _)| (kind, id));
-    if let [(kind, id, c, image)] = found[..] {
-        return Ok(Ok(Resolved {
+    hits: Vec<(usize, Record)>,
+) -> Result<Resolved, lookup::Error> {
+    let mut found: Vec<(Kind, Record)> = hits
+        .into_iter()
+        .map(|(c, rec)| (caches[c].kind(), rec))
+        .collect();
+    found.sort_unstable_by_key(|(kind, rec)| (*kind, rec.id));
+    found.dedup_by(|a, b| (a.0, a.1.id) == (b.0, b.1.id));
+    if found.len() == 1 {
+        let (kind, record) = found.remove(0);
+        return Ok(Resolved {
             kind,
-            id,
-            image,
-            keys: caches[c].keys(image)?,
-        }));
+            id: record.id,
+            image: record.image,
+            keys: record.keys.clone(),
+            record,
+        });
     }
     let candidates = found
         .into_iter()
-        .map(|(kind, id, c, img)| {
-            Ok(Candidate {
-                kind,
-                id,
-                keys: caches[c].keys(img)?,
-            })
+        .map(|(kind, rec)| Candidate {
+            kind,
+            id: rec.id,
+            keys: rec.keys,
         })
-        .collect::<Result<Vec<_>, Error>>()?;
-    Ok(Err(lookup::Error::Ambiguous {
+        .collect();
+    Err(lookup::Error::Ambiguous {
         query: query.to_owned(),
         candidates,
-    }))
+    })
 }
