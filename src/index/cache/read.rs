@@ -19,9 +19,14 @@ use parking_lot::Mutex;
 
 use super::format::{
     self, digest_of, str_hash, u32_at, u64_at, Header, Sec, Source, BLOCK, BUCKET_LEN, CANON_LEN,
-    IMAGE_LEN, ITEM_LEN, PREFIX_LEN, REC_FIXED, SUM_LEN,
+    IMAGE_LEN, PREFIX_LEN, REC_FIXED, SUM_LEN,
 };
 use super::Error;
+
+mod list;
+pub use list::{RowRef, Tables};
+#[cfg(feature = "unstable")]
+pub use list::Row;
 use crate::digest::{Digest, Prefix};
 use crate::error::IoError;
 use crate::index::schema::Entry;
@@ -46,31 +51,6 @@ type Memo = HashMap<(usize, u64), Arc<Vec<u8>>>;
 
 /// Most verified blocks a cache keeps (4 MiB); past that the memo starts over.
 const MEMO_MAX: usize = 1024;
-
-/// The item, image and string tables of a cache, read whole and verified (for `list`). Not
-/// kept by the cache: a `Store` kept across boots holds no copy of them.
-pub struct Tables {
-    map: memmap2::Mmap,
-    items: std::ops::Range<usize>,
-    images: std::ops::Range<usize>,
-    strings: std::ops::Range<usize>,
-    path: PathBuf,
-}
-
-#[allow(unsafe_code)]
-fn map_cache(file: &File, len: u64) -> io::Result<memmap2::Mmap> {
-    // SAFETY: a shared read-only map is undefined behaviour only if the file changes while the
-    // map is alive. Only a store writer creates `images.idx`: it writes a temp file, fsyncs it,
-    // makes it 0444 and renames it into place, and never opens a published cache for writing;
-    // a replacement is a new inode, so this map keeps the old, unchanging one. The map lives in
-    // `Tables` for one `list`, and every range read from it is bounds-checked and checksummed
-    // first.
-    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
-    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }?;
-    // `list` reads its tables straight through.
-    let _ = map.advise(memmap2::Advice::Sequential);
-    Ok(map)
-}
 
 /// Why a cache is not used, as an [`Error::Rejected`].
 fn reject(path: &Path, reason: &'static str) -> Error {
@@ -535,126 +515,7 @@ impl Cache {
         Ok(e)
     }
 
-    /// The item, image and string tables, each read with one `pread` and every block of them
-    /// verified (not the hash and prefix tables `list` does not need).
-    ///
-    /// # Errors
-    /// A block that does not match its sum, or an I/O error: answer from the JSON.
-    pub fn tables(&self) -> Result<Tables, Error> {
-        let map = map_cache(&self.file, self.header_len()?).map_err(|source| {
-            Error::Io(IoError::new("mapping index cache", self.path.clone(), source))
-        })?;
-        let n_items = u64::from(self.header.n_items);
-        let items = self.verify_span(&map, Sec::Items, 0, n_items * ITEM_LEN as u64)?;
-        let images = self.verify_span(
-            &map,
-            Sec::Images,
-            0,
-            u64::from(self.header.n_images) * IMAGE_LEN as u64,
-        )?;
-        let strings =
-            self.verify_span(&map, Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
-        Ok(Tables {
-            map,
-            items,
-            images,
-            strings,
-            path: self.path.clone(),
-        })
-    }
 
-    /// The file length the header describes (checked against the file at open).
-    fn header_len(&self) -> Result<u64, Error> {
-        let (off, len) = self.levels[self.levels.len() - 1];
-        off.checked_add(len)
-            .ok_or_else(|| self.bad("file length out of range"))
-    }
-
-    /// [`Tables::rows`] of this cache, owned (for tests).
-    #[cfg(feature = "unstable")]
-    pub fn rows(&self) -> Result<Vec<Row>, Error> {
-        Ok(self
-            .tables()?
-            .rows()?
-            .into_iter()
-            .map(|r| Row {
-                key: r.key.to_owned(),
-                id: r.id,
-                size: r.size,
-                created_at: r.created_at.to_owned(),
-            })
-            .collect())
-    }
-}
-
-impl Tables {
-    fn bad(&self, reason: &'static str) -> Error {
-        reject(&self.path, reason)
-    }
-
-    /// Every key with its ID, size and creation time, in key order, borrowed from the tables (for
-    /// `list`: no allocation per key). Every record is checked before anything is returned, so
-    /// the answer is every row or an error, never a part.
-    ///
-    /// # Errors
-    /// A record pointing outside its table, or a malformed ID: answer from the JSON.
-    pub fn rows(&self) -> Result<Vec<RowRef<'_>>, Error> {
-        let (items, images) = (&self.map[self.items.clone()], &self.map[self.images.clone()]);
-        // Valid as a whole, so each string is valid if it starts and ends on a char boundary.
-        let strings = std::str::from_utf8(&self.map[self.strings.clone()])
-            .map_err(|_| self.bad("string is not UTF-8"))?;
-        let string = |r: &[u8], at: usize| {
-            let off = u32_at(r, at) as usize;
-            let len = u32_at(r, at + 4) as usize;
-            off.checked_add(len)
-                .and_then(|end| strings.get(off..end))
-                .ok_or_else(|| self.bad("string out of range"))
-        };
-        let ids = images
-            .chunks_exact(IMAGE_LEN)
-            .map(|r| digest_of(r[0], &r[16..80]).ok_or_else(|| self.bad("malformed image ID")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut rows = Vec::with_capacity(items.len() / ITEM_LEN);
-        for r in items.chunks_exact(ITEM_LEN) {
-            let id = *ids
-                .get(u32_at(r, 8) as usize)
-                .ok_or_else(|| self.bad("image out of range"))?;
-            rows.push(RowRef {
-                key: string(r, 0)?,
-                id,
-                size: u64_at(r, 24),
-                created_at: string(r, 12)?,
-            });
-        }
-        Ok(rows)
-    }
-}
-
-/// One key as [`Tables::rows`] lists it, borrowed from the tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RowRef<'a> {
-    /// The index key.
-    pub key: &'a str,
-    /// Its image ID.
-    pub id: Digest,
-    /// The entry's `size`.
-    pub size: u64,
-    /// The entry's `created_at`.
-    pub created_at: &'a str,
-}
-
-/// One key as `Cache::rows` lists it.
-#[cfg(feature = "unstable")]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    /// The index key.
-    pub key: String,
-    /// Its image ID.
-    pub id: Digest,
-    /// The entry's `size`.
-    pub size: u64,
-    /// The entry's `created_at`.
-    pub created_at: String,
 }
 
 /// One image's record: its number, ID, keys and where its entry lies in the index file.
