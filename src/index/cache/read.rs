@@ -24,9 +24,8 @@ use super::format::{
 use super::Error;
 
 mod list;
-pub use list::{RowRef, Tables};
 #[cfg(feature = "unstable")]
-pub use list::Row;
+pub use list::{Row, RowRef, Tables};
 use crate::digest::{Digest, Prefix};
 use crate::error::IoError;
 use crate::index::schema::Entry;
