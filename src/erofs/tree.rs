@@ -190,20 +190,9 @@ impl Tree {
     ) -> BTreeMap<Vec<u8>, super::Extents> {
         use super::format::{BLOCK_SIZE, NULL_ADDR};
         let mut out = BTreeMap::new();
-        let mut stack: Vec<(Vec<u8>, Ino)> = vec![(Vec::new(), ROOT)];
-        while let Some((path, dir)) = stack.pop() {
-            let Some(children) = self.children(dir) else {
-                continue;
-            };
-            for (name, &child) in children {
-                let mut p = path.clone();
-                if !p.is_empty() {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(name);
+        self.walk(|p, child| {
                 match &self.inodes[child].body {
-                    Body::Dir(_) => stack.push((p, child)),
-                    Body::File { size, layout, .. } if select(&p) => {
+                    Body::File { size, layout, .. } if select(p) => {
                         let e = match layout {
                             FileLayout::Plain { blkaddr } => super::Extents {
                                 size: *size,
@@ -219,13 +208,33 @@ impl Tree {
                                     .collect(),
                             },
                         };
-                        out.insert(p, e);
+                        out.insert(p.to_vec(), e);
                     }
                     _ => {}
                 }
+        });
+        out
+    }
+
+    /// Visit every entry below the root with its path (`a/b`), parents before their children.
+    pub(crate) fn walk(&self, mut visit: impl FnMut(&[u8], Ino)) {
+        let mut stack: Vec<(Vec<u8>, Ino)> = vec![(Vec::new(), ROOT)];
+        while let Some((path, dir)) = stack.pop() {
+            let Some(children) = self.children(dir) else {
+                continue;
+            };
+            for (name, &child) in children {
+                let mut p = path.clone();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(name);
+                visit(&p, child);
+                if matches!(self.inodes[child].body, Body::Dir(_)) {
+                    stack.push((p, child));
+                }
             }
         }
-        out
     }
 }
 

@@ -108,29 +108,15 @@ pub(crate) fn of_tree(tree: &Tree, nids: &[u64]) -> View {
         })
     };
     paths.insert(Vec::new(), dir(ROOT));
-    let mut stack: Vec<(Vec<u8>, Ino)> = vec![(Vec::new(), ROOT)];
-    while let Some((path, at)) = stack.pop() {
-        let Body::Dir(children) = &tree.inodes[at].body else {
-            continue;
+    tree.walk(|p, child| {
+        let inode = &tree.inodes[child];
+        let entry = match inode.body {
+            Body::Dir(_) => dir(child),
+            Body::Device(0, 0) if inode.attrs.mode & S_IFMT == S_IFCHR => ViewEntry::Whiteout,
+            _ => ViewEntry::Other,
         };
-        for (name, &child) in children {
-            let mut p = path.clone();
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(name);
-            let inode = &tree.inodes[child];
-            let entry = match inode.body {
-                Body::Dir(_) => {
-                    stack.push((p.clone(), child));
-                    dir(child)
-                }
-                Body::Device(0, 0) if inode.attrs.mode & S_IFMT == S_IFCHR => ViewEntry::Whiteout,
-                _ => ViewEntry::Other,
-            };
-            paths.insert(p, entry);
-        }
-    }
+        paths.insert(p.to_vec(), entry);
+    });
     View { paths }
 }
 

@@ -9,7 +9,8 @@ use crate::layout::Kind;
 
 use crate::layout::Role;
 
-use super::snapshot::{BlobInfo, ImageInfo};
+use super::resolve::ImageEntry;
+use super::snapshot::{BlobInfo, Found, ImageInfo};
 use super::{file_size, Error, Store};
 
 /// One disk of a VM configuration.
@@ -68,28 +69,30 @@ impl Store {
         queries
             .iter()
             .zip(self.resolve_all(queries)?)
-            .map(|(query, (f, e))| {
-                let info = self.describe_entry(f.keys, &e);
-                match check_files(&info) {
-                    // The lookup takes no lock, so an `rm` and a `gc` can come between it and the
-                    // stat: ask once more, and answer from what the index says now (not found, a
-                    // new image under the name, or the same entry really missing a file).
-                    Err(Error::Missing { .. }) => {
-                        let (f, e) = self
-                            .resolve_all(&[query])?
-                            .pop()
-                            .expect("one answer per query");
-                        let info = self.describe_entry(f.keys, &e);
-                        check_files(&info)?;
-                        self.vm_config(info)
-                    }
-                    checked => {
-                        checked?;
-                        self.vm_config(info)
-                    }
-                }
+            .map(|(query, found)| match self.checked_config(found) {
+                // The lookup takes no lock, so an `rm` and a `gc` can come between it and the
+                // stat: ask once more, and answer from what the index says now (not found, a new
+                // image under the name, or the same entry really missing a file).
+                Err(Error::Missing { .. }) => self.resolve_all(&[query])?.pop().map_or_else(
+                    || {
+                        Err(crate::lookup::Error::NotFound {
+                            query: (*query).to_owned(),
+                            malformed: None,
+                        }
+                        .into())
+                    },
+                    |found| self.checked_config(found),
+                ),
+                answer => answer,
             })
             .collect()
+    }
+
+    /// The VM configuration of one resolved image, after checking its files.
+    fn checked_config(&self, (f, e): (Found, ImageEntry)) -> Result<VmConfig, Error> {
+        let info = self.describe_entry(f.keys, &e);
+        check_files(&info)?;
+        self.vm_config(info)
     }
 
     pub(super) fn vm_config(&self, info: ImageInfo) -> Result<VmConfig, Error> {
