@@ -3,7 +3,7 @@
 //! ```text
 //! [0, HEADER_LEN)            header (fixed fields, up to TOP_MAX top sums, its own checksum)
 //! [HEADER_LEN, body_end)     body: the sections below, each 8-aligned, level 0 of the sums
-//! [body_end, ..)             sum levels 1..: 16 bytes of blake3 per 4 KiB block of the level
+//! [body_end, ..)             sum levels 1..: 16 bytes of xxh3-128 per 4 KiB block of the level
 //!                            below; the last level (≤ TOP_MAX sums) is kept in the header
 //! ```
 //!
@@ -14,12 +14,12 @@ use crate::digest::{Algorithm, Digest};
 /// `db/images.idx` begins with these bytes.
 pub const MAGIC: [u8; 8] = *b"IMGSIDX\0";
 /// Bumped on any incompatible change; a reader rejects every other version.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Bytes of the header, including the top sums and the header checksum.
 pub const HEADER_LEN: usize = 2048;
 /// Checksummed block size of every level.
 pub const BLOCK: usize = 4096;
-/// Bytes of one block checksum (truncated blake3).
+/// Bytes of one block checksum (xxh3-128, little-endian).
 pub const SUM_LEN: usize = 16;
 /// Most sums the header holds; the level that fits becomes the top.
 pub const TOP_MAX: usize = 64;
@@ -156,17 +156,13 @@ pub type Reason = &'static str;
 /// The checksum of one block.
 #[must_use]
 pub fn sum(bytes: &[u8]) -> [u8; SUM_LEN] {
-    let h = blake3::hash(bytes);
-    let mut out = [0u8; SUM_LEN];
-    out.copy_from_slice(&h.as_bytes()[..SUM_LEN]);
-    out
+    xxhash_rust::xxh3::xxh3_128(bytes).to_le_bytes()
 }
 
 /// The 64-bit hash placing a string in a hash section.
 #[must_use]
 pub fn str_hash(s: &[u8]) -> u64 {
-    let h = blake3::hash(s);
-    u64_at(h.as_bytes(), 0)
+    xxhash_rust::xxh3::xxh3_64(s)
 }
 
 /// Little-endian u32 at `off` of `b`; callers pass in-bounds offsets.
