@@ -397,10 +397,11 @@ fn damaged_block_is_refused_by_the_lookup_touching_it() {
     let path = cache::path_for(&oci);
     let mut bytes = std::fs::read(&path).unwrap();
     let h = format::Header::decode(&bytes, bytes.len() as u64).unwrap();
+    let at = |off: u64| format::Header::file_offset(off) as usize;
     let (items, _) = h.section(format::Sec::Items);
-    bytes[items as usize + 8] ^= 1; // the first item's image number (read by `list`)
+    bytes[at(items + 8)] ^= 1; // the first item's image number (read by `list`)
     let (records, _) = h.section(format::Sec::Records);
-    bytes[records as usize + 16] ^= 1; // the first image's ID in its record (read by lookups)
+    bytes[at(records + 16)] ^= 1; // the first image's ID in its record (read by lookups)
     std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, &bytes).unwrap();
     let caches = both(&layout);

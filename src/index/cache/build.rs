@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::format::{
-    self, alg_code, bucket_of, str_hash, Header, Sec, Source, Time, BLOCK, BUCKET_LEN, HEADER_LEN,
-    IMAGE_LEN, MAX_BUCKET_BITS, PREFIX_LEN, REC_FIXED, SECTIONS, SUM_LEN,
+    self, alg_code, bucket_of, str_hash, Header, Sec, Source, Time, BODY_START, BUCKET_LEN,
+    HEADER_LEN, IMAGE_LEN, MAX_BUCKET_BITS, PREFIX_LEN, REC_FIXED, SECTIONS,
 };
 use super::Error;
 use crate::error::IoError;
@@ -308,8 +308,8 @@ fn encode(
     }
     body.secs[Sec::Strings as usize] = std::mem::take(&mut body.strings);
 
-    let (mut out, sections, body_end, top) = lay_out(&body.secs);
-    let header = Header {
+    let (body_bytes, sections) = lay_out(&body.secs);
+    let mut header = Header {
         kind: match origin.kind {
             Kind::Oci => 0,
             Kind::CloudImg => 1,
@@ -324,43 +324,27 @@ fn encode(
         n_prefix: sha.len() as u32,
         bucket_bits,
         sections,
-        body_end,
-        top,
+        body_len: body_bytes.len() as u64,
+        seed: 0,
     };
+    let mut out = vec![0u8; BODY_START];
     header.encode(&mut out);
+    header.seed = Header::seed_of(&out[..HEADER_LEN]);
+    format::seal_body(&mut out, &body_bytes, header.seed);
+    debug_assert_eq!(Some(out.len() as u64), format::file_len(header.body_len));
     Ok(out)
 }
 
-type Laid = (Vec<u8>, [(u64, u64); SECTIONS], u64, Vec<[u8; SUM_LEN]>);
-
-/// Place the sections after the header, 8-aligned, and append the checksum levels.
-fn lay_out(secs: &[Vec<u8>; SECTIONS]) -> Laid {
-    // Lay the sections out, 8-aligned, after the header.
-    let mut out = vec![0u8; HEADER_LEN];
+/// Place the sections one after another, 8-aligned, in the body's byte stream.
+fn lay_out(secs: &[Vec<u8>; SECTIONS]) -> (Vec<u8>, [(u64, u64); SECTIONS]) {
+    let mut out = Vec::with_capacity(secs.iter().map(|s| s.len() + 8).sum());
     let mut sections = [(0u64, 0u64); SECTIONS];
     for (i, sec) in secs.iter().enumerate() {
         out.resize(out.len().next_multiple_of(8), 0);
         sections[i] = (out.len() as u64, sec.len() as u64);
         out.extend_from_slice(sec);
     }
-    let body_end = out.len() as u64;
-    let levels = format::levels(body_end);
-    for w in levels.windows(2) {
-        let (off, len) = w[0];
-        let sums: Vec<u8> = out[off as usize..(off + len) as usize]
-            .chunks(BLOCK)
-            .flat_map(format::sum)
-            .collect();
-        debug_assert_eq!(sums.len() as u64, w[1].1);
-        out.extend_from_slice(&sums);
-    }
-    let (top_off, top_len) = levels[levels.len() - 1];
-    let top = out[top_off as usize..(top_off + top_len) as usize]
-        .chunks(BLOCK)
-        .map(format::sum)
-        .collect();
-    debug_assert_eq!(out.len() as u64, format::file_len(body_end));
-    (out, sections, body_end, top)
+    (out, sections)
 }
 
 /// A temp file in `db/` whose creation time is the filesystem clock.

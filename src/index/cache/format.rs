@@ -1,11 +1,16 @@
-//! The byte layout of `db/images.idx`: header, sections, checksum levels. No I/O here.
+//! The byte layout of `db/images.idx`: header, sections, self-checking blocks. No I/O here.
 //!
 //! ```text
-//! [0, HEADER_LEN)            header (fixed fields, up to TOP_MAX top sums, its own checksum)
-//! [HEADER_LEN, body_end)     body: the sections below, each 8-aligned, level 0 of the sums
-//! [body_end, ..)             sum levels 1..: 16 bytes of xxh3-128 per 4 KiB block of the level
-//!                            below; the last level (≤ TOP_MAX sums) is kept in the header
+//! [0, HEADER_LEN)            header (fixed fields, its own checksum); zeros up to BODY_START
+//! [BODY_START, ..)           the body in 4 KiB blocks: PAYLOAD bytes of it, then the block's
+//!                            checksum (xxh3-128 of the payload, seeded by the header checksum
+//!                            and the block number)
 //! ```
+//!
+//! The body is one byte stream, cut into the blocks' payloads (the last zero-padded): the
+//! sections below lie in it at 8-aligned offsets from its start. A block is verified by itself,
+//! so a lookup reads only the blocks it needs; the seed ties each block to its place and to the
+//! header (a block of another cache, or moved, does not verify).
 //!
 //! All integers are little-endian. Offsets inside records are relative to their section.
 
@@ -14,17 +19,17 @@ use crate::digest::{Algorithm, Digest};
 /// `db/images.idx` begins with these bytes.
 pub const MAGIC: [u8; 8] = *b"IMGSIDX\0";
 /// Bumped on any incompatible change; a reader rejects every other version.
-pub const VERSION: u32 = 3;
-/// Bytes of the header, including the top sums and the header checksum.
-pub const HEADER_LEN: usize = 2048;
-/// Checksummed block size of every level.
+pub const VERSION: u32 = 4;
+/// Bytes of the header, including its checksum.
+pub const HEADER_LEN: usize = 512;
+/// Where the body's first block starts (blocks are page-aligned in the file).
+pub const BODY_START: usize = 4096;
+/// Size of one checksummed block of the body.
 pub const BLOCK: usize = 4096;
 /// Bytes of one block checksum (xxh3-128, little-endian).
 pub const SUM_LEN: usize = 16;
-/// Most sums the header holds; the level that fits becomes the top.
-pub const TOP_MAX: usize = 64;
-/// Most checksum levels above the body (4 KiB blocks, 256 sums per block: far beyond 2^40 bytes).
-pub const MAX_LEVELS: usize = 6;
+/// Body bytes one block carries.
+pub const PAYLOAD: usize = BLOCK - SUM_LEN;
 
 /// Length of one item record (one index key).
 pub const ITEM_LEN: usize = 48;
@@ -120,12 +125,13 @@ pub struct Header {
     pub n_prefix: u32,
     /// Leading ID bits that pick a prefix bucket.
     pub bucket_bits: u32,
-    /// (offset, length) of each section, offsets from the start of the file.
+    /// (offset, length) of each section, offsets from the start of the body.
     pub sections: [(u64, u64); SECTIONS],
-    /// End of the body.
-    pub body_end: u64,
-    /// Sums of the top level (its blocks' checksums).
-    pub top: Vec<[u8; SUM_LEN]>,
+    /// Length of the body (before the last block's zero padding).
+    pub body_len: u64,
+    /// Seed of the block checksums: the low 64 bits of the header checksum (set by decode
+    /// and encode).
+    pub seed: u64,
 }
 
 /// Offsets of the fixed header fields.
@@ -139,24 +145,62 @@ mod at {
     pub const CLOCK: usize = 80; // sec, nsec
     pub const DB: usize = 96; // dev, ino
     pub const TOKEN: usize = 112; // 16 bytes
-    pub const COUNTS: usize = 128; // n_items n_images n_canon n_prefix bucket_bits top_count
+    pub const COUNTS: usize = 128; // n_items n_images n_canon n_prefix bucket_bits
     pub const SECTIONS: usize = 160; // SECTIONS × (u64, u64)
-    pub const BODY_END: usize = 320;
-    pub const TOP: usize = 384; // TOP_MAX × SUM_LEN = 1024
+    pub const BODY_LEN: usize = 320;
     pub const HEADER_SUM: usize = super::HEADER_LEN - super::SUM_LEN;
 }
 
 const _: () = assert!(at::CLOCK == at::SOURCE + 56 && at::DB == at::SOURCE + 72);
+const _: () = assert!(at::BODY_LEN + 8 <= at::HEADER_SUM && HEADER_LEN <= BODY_START);
 
 const FLAG_TOKEN: u8 = 1;
 
 /// Why bytes are not a usable cache header.
 pub type Reason = &'static str;
 
-/// The checksum of one block.
+/// The checksum of the header bytes before it.
 #[must_use]
 pub fn sum(bytes: &[u8]) -> [u8; SUM_LEN] {
     xxhash_rust::xxh3::xxh3_128(bytes).to_le_bytes()
+}
+
+/// The checksum of block `i`'s payload in a cache whose header gives `seed`.
+#[must_use]
+pub fn block_sum(payload: &[u8], seed: u64, i: u64) -> [u8; SUM_LEN] {
+    xxhash_rust::xxh3::xxh3_128_with_seed(payload, seed.wrapping_add(i)).to_le_bytes()
+}
+
+/// Whether `block` (a whole block, checksum last) is block `i` of a cache with `seed`.
+#[must_use]
+pub fn block_ok(block: &[u8], seed: u64, i: u64) -> bool {
+    block.len() == BLOCK && block_sum(&block[..PAYLOAD], seed, i) == block[PAYLOAD..]
+}
+
+/// Number of blocks holding a body of `body_len` bytes.
+#[must_use]
+pub fn blocks(body_len: u64) -> u64 {
+    body_len.div_ceil(PAYLOAD as u64)
+}
+
+/// Total file length for a body of `body_len` bytes; `None` past `u64`.
+#[must_use]
+pub fn file_len(body_len: u64) -> Option<u64> {
+    blocks(body_len)
+        .checked_mul(BLOCK as u64)?
+        .checked_add(BODY_START as u64)
+}
+
+/// Lay `body` out as the blocks of a cache whose header checksum gives `seed`, appending them
+/// to `out` (which holds the header, zero-padded to `BODY_START`).
+pub fn seal_body(out: &mut Vec<u8>, body: &[u8], seed: u64) {
+    out.reserve(blocks(body.len() as u64) as usize * BLOCK);
+    for (i, chunk) in body.chunks(PAYLOAD).enumerate() {
+        let mut payload = [0u8; PAYLOAD];
+        payload[..chunk.len()].copy_from_slice(chunk);
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&block_sum(&payload, seed, i as u64));
+    }
 }
 
 /// The 64-bit hash placing a string in a hash section.
@@ -217,31 +261,6 @@ pub fn digest_of(code: u8, bytes: &[u8]) -> Option<Digest> {
 pub fn bucket_of(id: &[u8], bits: u32) -> usize {
     let head = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
     (u64::from(head) >> (32 - bits)) as usize
-}
-
-/// Where each checksum level lives: level 0 is the body.
-#[must_use]
-pub fn levels(body_end: u64) -> Vec<(u64, u64)> {
-    let mut out = vec![(
-        HEADER_LEN as u64,
-        body_end.saturating_sub(HEADER_LEN as u64),
-    )];
-    loop {
-        let (off, len) = out[out.len() - 1];
-        let blocks = len.div_ceil(BLOCK as u64);
-        if blocks as usize <= TOP_MAX || out.len() > MAX_LEVELS {
-            return out;
-        }
-        out.push((off + len, blocks * SUM_LEN as u64));
-    }
-}
-
-/// Total file length for a body ending at `body_end`.
-#[must_use]
-pub fn file_len(body_end: u64) -> u64 {
-    let l = levels(body_end);
-    let (off, len) = l[l.len() - 1];
-    off + len
 }
 
 /// The token written at the very start of `images.json`: `{"imgstore_generation":"<32 hex>"`.
@@ -308,7 +327,6 @@ impl Header {
             self.n_canon,
             self.n_prefix,
             self.bucket_bits,
-            self.top.len() as u32,
         ];
         for (i, v) in counts.iter().enumerate() {
             put(at::COUNTS + 4 * i, &v.to_le_bytes());
@@ -317,12 +335,22 @@ impl Header {
             put(at::SECTIONS + 16 * i, &off.to_le_bytes());
             put(at::SECTIONS + 16 * i + 8, &len.to_le_bytes());
         }
-        put(at::BODY_END, &self.body_end.to_le_bytes());
-        for (i, s) in self.top.iter().enumerate() {
-            put(at::TOP + SUM_LEN * i, s);
-        }
+        put(at::BODY_LEN, &self.body_len.to_le_bytes());
         let hs = sum(&h[..at::HEADER_SUM]);
         h[at::HEADER_SUM..].copy_from_slice(&hs);
+    }
+
+    /// The block-checksum seed of an encoded header: the low 64 bits of its checksum.
+    #[must_use]
+    pub fn seed_of(head: &[u8]) -> u64 {
+        u64_at(head, at::HEADER_SUM)
+    }
+
+    /// Where body offset `off` lies in the file (for tests that damage chosen bytes).
+    #[cfg(feature = "unstable")]
+    #[must_use]
+    pub fn file_offset(off: u64) -> u64 {
+        BODY_START as u64 + off / PAYLOAD as u64 * BLOCK as u64 + off % PAYLOAD as u64
     }
 
     /// Decode and check a header against the file length: magic, version, checksum, and that
@@ -374,7 +402,6 @@ impl Header {
                 u64_at(head, at::SECTIONS + 16 * i + 8),
             );
         }
-        let top_count = count(5) as usize;
         let header = Header {
             kind,
             source,
@@ -387,29 +414,22 @@ impl Header {
             n_prefix: count(3),
             bucket_bits: count(4),
             sections,
-            body_end: u64_at(head, at::BODY_END),
-            top: Vec::new(),
+            body_len: u64_at(head, at::BODY_LEN),
+            seed: Self::seed_of(head),
         };
-        header.check_layout(file_len, top_count)?;
-        let top = (0..top_count)
-            .map(|i| {
-                let mut s = [0u8; SUM_LEN];
-                s.copy_from_slice(&head[at::TOP + SUM_LEN * i..at::TOP + SUM_LEN * (i + 1)]);
-                s
-            })
-            .collect();
-        Ok(Header { top, ..header })
+        header.check_layout(file_len)?;
+        Ok(header)
     }
 
-    /// Sections inside the body, lengths matching the counts, the file as long as the levels.
-    fn check_layout(&self, file_len: u64, top_count: usize) -> Result<(), Reason> {
-        let body_end = self.body_end;
-        if body_end < HEADER_LEN as u64 || file_len != file_len_checked(body_end)? {
+    /// Sections inside the body, lengths matching the counts, the file as long as its blocks.
+    fn check_layout(&self, file_len: u64) -> Result<(), Reason> {
+        let body_len = self.body_len;
+        if Some(file_len) != self::file_len(body_len) {
             return Err("file length does not match its header (truncated or extended)");
         }
         for &(off, len) in &self.sections {
             let end = off.checked_add(len).ok_or("section out of bounds")?;
-            if off < HEADER_LEN as u64 || end > body_end || off % 8 != 0 {
+            if end > body_len || off % 8 != 0 {
                 return Err("section out of bounds");
             }
         }
@@ -437,11 +457,6 @@ impl Header {
         if !consistent {
             return Err("section lengths do not match the counts");
         }
-        let lv = levels(body_end);
-        let (_, top_len) = lv[lv.len() - 1];
-        if top_count != top_len.div_ceil(BLOCK as u64) as usize || top_count > TOP_MAX {
-            return Err("wrong number of top sums");
-        }
         Ok(())
     }
 
@@ -452,44 +467,22 @@ impl Header {
     }
 }
 
-fn file_len_checked(body_end: u64) -> Result<u64, Reason> {
-    let l = levels(body_end);
-    if l.len() > MAX_LEVELS {
-        return Err("too many checksum levels");
-    }
-    Ok(file_len(body_end))
-}
-
 /// Recompute every checksum of a cache after its body or header was edited: for tests that
 /// hand-craft caches which pass the checksums.
 #[cfg(feature = "unstable")]
 pub fn reseal(bytes: &mut [u8]) {
-    if bytes.len() < HEADER_LEN {
+    if bytes.len() < BODY_START {
         return;
     }
-    let body_end = u64_at(bytes, at::BODY_END);
-    let lv = levels(body_end);
-    if file_len(body_end) != bytes.len() as u64 || lv.len() > MAX_LEVELS {
-        return;
-    }
-    for w in lv.windows(2) {
-        let (off, len) = (w[0].0 as usize, w[0].1 as usize);
-        let sums: Vec<u8> = bytes[off..off + len].chunks(BLOCK).flat_map(sum).collect();
-        let at = w[1].0 as usize;
-        bytes[at..at + sums.len()].copy_from_slice(&sums);
-    }
-    let (off, len) = lv[lv.len() - 1];
-    let top: Vec<[u8; SUM_LEN]> = bytes[off as usize..(off + len) as usize]
-        .chunks(BLOCK)
-        .map(sum)
-        .collect();
-    bytes[at::TOP..at::TOP + TOP_MAX * SUM_LEN].fill(0);
-    for (i, s) in top.iter().enumerate().take(TOP_MAX) {
-        bytes[at::TOP + SUM_LEN * i..at::TOP + SUM_LEN * (i + 1)].copy_from_slice(s);
-    }
-    bytes[at::COUNTS + 20..at::COUNTS + 24].copy_from_slice(&(top.len() as u32).to_le_bytes());
     let hs = sum(&bytes[..at::HEADER_SUM]);
     bytes[at::HEADER_SUM..HEADER_LEN].copy_from_slice(&hs);
+    let seed = Header::seed_of(&bytes[..HEADER_LEN]);
+    for (i, block) in bytes[BODY_START..].chunks_mut(BLOCK).enumerate() {
+        if block.len() == BLOCK {
+            let s = block_sum(&block[..PAYLOAD], seed, i as u64);
+            block[PAYLOAD..].copy_from_slice(&s);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -511,11 +504,30 @@ mod tests {
     }
 
     #[test]
-    fn levels_grow_slowly() {
-        assert_eq!(levels(HEADER_LEN as u64).len(), 1);
-        assert_eq!(levels(HEADER_LEN as u64 + 64 * BLOCK as u64).len(), 1);
-        assert_eq!(levels(HEADER_LEN as u64 + 65 * BLOCK as u64).len(), 2);
-        // 1 GiB of body: 262144 blocks → 1024 level-1 blocks → 4 top sums.
-        assert_eq!(levels(HEADER_LEN as u64 + (1 << 30)).len(), 3);
+    fn blocks_and_file_offsets() {
+        assert_eq!(file_len(0), Some(BODY_START as u64));
+        assert_eq!(file_len(1), Some((BODY_START + BLOCK) as u64));
+        assert_eq!(file_len(PAYLOAD as u64), Some((BODY_START + BLOCK) as u64));
+        assert_eq!(file_len(PAYLOAD as u64 + 1), Some((BODY_START + 2 * BLOCK) as u64));
+        assert_eq!(file_len(u64::MAX), None);
+        assert_eq!(Header::file_offset(0), BODY_START as u64);
+        assert_eq!(
+            Header::file_offset(PAYLOAD as u64 + 5),
+            (BODY_START + BLOCK + 5) as u64
+        );
+    }
+
+    #[test]
+    fn a_block_verifies_only_in_its_place_and_cache() {
+        let mut out = vec![0u8; BODY_START];
+        let body: Vec<u8> = (0..3 * PAYLOAD as u32).map(|i| i as u8).collect();
+        seal_body(&mut out, &body, 7);
+        let block = |i: usize| &out[BODY_START + i * BLOCK..BODY_START + (i + 1) * BLOCK];
+        assert!(block_ok(block(1), 7, 1));
+        assert!(!block_ok(block(1), 7, 2), "moved");
+        assert!(!block_ok(block(1), 8, 1), "another cache");
+        let mut bad = block(1).to_vec();
+        bad[10] ^= 1;
+        assert!(!block_ok(&bad, 7, 1), "damaged");
     }
 }

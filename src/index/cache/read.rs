@@ -1,6 +1,5 @@
 //! Opening a cache (O(1) checks of header and freshness) and reading its tables with `pread`,
-//! verifying each block's checksum (and the sum blocks above it) the first time a lookup
-//! touches it.
+//! verifying each block's own checksum the first time a lookup touches it.
 //!
 //! Lookups read the cache, they do not map it: a boot opens it, touches a dozen blocks and drops
 //! it, and a `pread` of a 4 KiB block costs less than setting up and tearing down a mapping of
@@ -18,8 +17,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::format::{
-    self, digest_of, str_hash, u32_at, u64_at, Header, Sec, Source, BLOCK, BUCKET_LEN, CANON_LEN,
-    IMAGE_LEN, PREFIX_LEN, REC_FIXED, SUM_LEN,
+    self, digest_of, str_hash, u32_at, u64_at, Header, Sec, Source, BLOCK, BODY_START, BUCKET_LEN,
+    CANON_LEN, IMAGE_LEN, PAYLOAD, PREFIX_LEN, REC_FIXED,
 };
 use super::Error;
 
@@ -40,13 +39,14 @@ pub struct Cache {
     json: File,
     json_path: PathBuf,
     path: PathBuf,
-    levels: Vec<(u64, u64)>,
-    /// Blocks already read and verified, by (level, block number); at most [`MEMO_MAX`].
+    /// Blocks of the body.
+    blocks: u64,
+    /// Blocks already read and verified, by number; at most [`MEMO_MAX`].
     memo: Mutex<Memo>,
 }
 
-/// Verified blocks by (level, block number).
-type Memo = HashMap<(usize, u64), Arc<Vec<u8>>>;
+/// Verified blocks by number.
+type Memo = HashMap<u64, Arc<Vec<u8>>>;
 
 /// Most verified blocks a cache keeps (4 MiB); past that the memo starts over.
 const MEMO_MAX: usize = 1024;
@@ -118,7 +118,7 @@ impl Cache {
         if format::token_of(&token[..n]) != header.token {
             return Err(reject(cache, "stale: the index generation differs"));
         }
-        let levels = format::levels(header.body_end);
+        let blocks = format::blocks(header.body_len);
         Ok(Some(Cache {
             file,
             header,
@@ -126,7 +126,7 @@ impl Cache {
             json: json_file,
             json_path: json.to_path_buf(),
             path: cache.to_path_buf(),
-            levels,
+            blocks,
             memo: Mutex::new(HashMap::new()),
         }))
     }
@@ -148,45 +148,17 @@ impl Cache {
         reject(&self.path, reason)
     }
 
-    /// The checksum block `i` of level `level` must have: from the header for the top level,
-    /// else from the (verified) block of sums above it.
-    fn expected_sum(&self, level: usize, i: u64) -> Result<[u8; SUM_LEN], Error> {
-        if level + 1 == self.levels.len() {
-            return usize::try_from(i)
-                .ok()
-                .and_then(|i| self.header.top.get(i))
-                .copied()
-                .ok_or_else(|| self.bad("block out of range"));
-        }
-        let at = i * SUM_LEN as u64;
-        let above = self.block(level + 1, at / BLOCK as u64)?;
-        let at = (at % BLOCK as u64) as usize;
-        above
-            .get(at..at + SUM_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| self.bad("sum out of range"))
-    }
-
-    /// The file range of block `i` of level `level`.
-    fn block_range(&self, level: usize, i: u64) -> Result<(u64, usize), Error> {
-        let (off, len) = self.levels[level];
-        let start = i
-            .checked_mul(BLOCK as u64)
-            .filter(|&s| s < len)
-            .ok_or_else(|| self.bad("block out of range"))?;
-        Ok((off + start, (len - start).min(BLOCK as u64) as usize))
-    }
-
-    /// Block `i` of level `level`, read and verified (and the blocks above it), or from the memo.
-    fn block(&self, level: usize, i: u64) -> Result<Arc<Vec<u8>>, Error> {
-        if let Some(b) = self.memo.lock().get(&(level, i)) {
+    /// Block `i` of the body, read and verified, or from the memo.
+    fn block(&self, i: u64) -> Result<Arc<Vec<u8>>, Error> {
+        if let Some(b) = self.memo.lock().get(&i) {
             return Ok(Arc::clone(b));
         }
-        let (at, len) = self.block_range(level, i)?;
-        let expected = self.expected_sum(level, i)?;
-        let mut buf = vec![0u8; len];
-        self.read_exact(&mut buf, at)?;
-        if format::sum(&buf) != expected {
+        if i >= self.blocks {
+            return Err(self.bad("block out of range"));
+        }
+        let mut buf = vec![0u8; BLOCK];
+        self.read_exact(&mut buf, BODY_START as u64 + i * BLOCK as u64)?;
+        if !format::block_ok(&buf, self.header.seed, i) {
             return Err(self.bad("block checksum mismatch"));
         }
         // Moved, not copied, into the memo.
@@ -195,7 +167,7 @@ impl Cache {
         if memo.len() >= MEMO_MAX {
             memo.clear();
         }
-        memo.insert((level, i), Arc::clone(&buf));
+        memo.insert(i, Arc::clone(&buf));
         Ok(buf)
     }
 
@@ -209,7 +181,7 @@ impl Cache {
         Ok(())
     }
 
-    /// The file range of `len` bytes at `rel` of section `s`, bounds-checked.
+    /// The body range of `len` bytes at `rel` of section `s`, bounds-checked.
     fn span(&self, s: Sec, rel: u64, len: u64) -> Result<(u64, u64), Error> {
         let (off, sec_len) = self.header.section(s);
         let end = rel
@@ -227,51 +199,40 @@ impl Cache {
         if len == 0 {
             return Ok(out);
         }
-        let base = self.levels[0].0;
-        let block = BLOCK as u64;
-        for blk in (a - base) / block..=(b - 1 - base) / block {
-            let data = self.block(0, blk)?;
-            let start = base + blk * block;
+        let p = PAYLOAD as u64;
+        for blk in a / p..=(b - 1) / p {
+            let data = self.block(blk)?;
+            let start = blk * p;
             let from = (a.max(start) - start) as usize;
-            let to = (b.min(start + block) - start) as usize;
-            out.extend_from_slice(
-                data.get(from..to)
-                    .ok_or_else(|| self.bad("reference out of its block"))?,
-            );
+            let to = (b.min(start + p) - start) as usize;
+            out.extend_from_slice(&data[from..to]);
         }
         Ok(out)
     }
 
-    /// The byte range of `len` bytes at `rel` of section `s` in `map` (this cache file, mapped),
-    /// with every block it spans verified (for `list`, which reads whole tables).
-    fn verify_span(
-        &self,
-        map: &[u8],
-        s: Sec,
-        rel: u64,
-        len: u64,
-    ) -> Result<std::ops::Range<usize>, Error> {
+    /// The `len` bytes at `rel` of section `s`, copied out of `map` (this cache file, mapped)
+    /// with every block they span verified (for `list`, which reads whole tables).
+    fn copy_span(&self, map: &[u8], s: Sec, rel: u64, len: u64) -> Result<Vec<u8>, Error> {
         let (a, b) = self.span(s, rel, len)?;
+        let mut out = Vec::with_capacity(len as usize);
         if len == 0 {
-            return Ok(0..0);
+            return Ok(out);
         }
-        let base = self.levels[0].0;
-        let block = BLOCK as u64;
-        let (first, last) = ((a - base) / block, (b - 1 - base) / block);
-        (first..=last)
-            .into_iter()
-            .try_for_each(|blk| {
-                let (at, n) = self.block_range(0, blk)?;
-                let data = map
-                    .get(at as usize..at as usize + n)
-                    .ok_or_else(|| self.bad("block out of range"))?;
-                if format::sum(data) == self.expected_sum(0, blk)? {
-                    Ok(())
-                } else {
-                    Err(self.bad("block checksum mismatch"))
-                }
-            })?;
-        Ok(a as usize..b as usize)
+        let p = PAYLOAD as u64;
+        for blk in a / p..=(b - 1) / p {
+            let at = BODY_START + blk as usize * BLOCK;
+            let block = map
+                .get(at..at + BLOCK)
+                .ok_or_else(|| self.bad("block out of range"))?;
+            if !format::block_ok(block, self.header.seed, blk) {
+                return Err(self.bad("block checksum mismatch"));
+            }
+            let start = blk * p;
+            let from = (a.max(start) - start) as usize;
+            let to = (b.min(start + p) - start) as usize;
+            out.extend_from_slice(&block[from..to]);
+        }
+        Ok(out)
     }
 
     fn rec(&self, s: Sec, size: usize, i: u32) -> Result<Vec<u8>, Error> {

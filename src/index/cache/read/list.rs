@@ -1,5 +1,5 @@
-//! The list path: the item, image and string tables of a cache read whole (one mapping for the
-//! one call), verified, and handed to the caller as rows.
+//! The list path: the item, image and string tables of a cache read whole (through one mapping
+//! for the one call), verified, copied out of their blocks, and handed to the caller as rows.
 
 use std::fs::File;
 use std::io;
@@ -13,10 +13,9 @@ use crate::error::IoError;
 /// The item, image and string tables of a cache, read whole and verified (for `list`). Not
 /// kept by the cache: a `Store` kept across boots holds no copy of them.
 pub struct Tables {
-    map: memmap2::Mmap,
-    items: std::ops::Range<usize>,
-    images: std::ops::Range<usize>,
-    strings: std::ops::Range<usize>,
+    items: Vec<u8>,
+    images: Vec<u8>,
+    strings: Vec<u8>,
     path: PathBuf,
 }
 
@@ -25,9 +24,9 @@ fn map_cache(file: &File, len: u64) -> io::Result<memmap2::Mmap> {
     // SAFETY: a shared read-only map is undefined behaviour only if the file changes while the
     // map is alive. Only a store writer creates `images.idx`: it writes a temp file, fsyncs it,
     // makes it 0444 and renames it into place, and never opens a published cache for writing;
-    // a replacement is a new inode, so this map keeps the old, unchanging one. The map lives in
-    // `Tables` for one `list`, and every range read from it is bounds-checked and checksummed
-    // first.
+    // a replacement is a new inode, so this map keeps the old, unchanging one. The map lives
+    // for one `Cache::tables` call, and every block copied out of it is bounds-checked and
+    // checksummed first.
     let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
     let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }?;
     // `list` reads its tables straight through.
@@ -36,7 +35,7 @@ fn map_cache(file: &File, len: u64) -> io::Result<memmap2::Mmap> {
 }
 
 impl Cache {
-    /// The item, image and string tables, read from one mapping of the file and every block of
+    /// The item, image and string tables, read from one mapping of the file, every block of
     /// them verified (not the hash and prefix tables `list` does not need).
     ///
     /// # Errors
@@ -46,17 +45,15 @@ impl Cache {
             Error::Io(IoError::new("mapping index cache", self.path.clone(), source))
         })?;
         let n_items = u64::from(self.header.n_items);
-        let items = self.verify_span(&map, Sec::Items, 0, n_items * ITEM_LEN as u64)?;
-        let images = self.verify_span(
+        let items = self.copy_span(&map, Sec::Items, 0, n_items * ITEM_LEN as u64)?;
+        let images = self.copy_span(
             &map,
             Sec::Images,
             0,
             u64::from(self.header.n_images) * IMAGE_LEN as u64,
         )?;
-        let strings =
-            self.verify_span(&map, Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
+        let strings = self.copy_span(&map, Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
         Ok(Tables {
-            map,
             items,
             images,
             strings,
@@ -66,8 +63,7 @@ impl Cache {
 
     /// The file length the header describes (checked against the file at open).
     fn header_len(&self) -> Result<u64, Error> {
-        let (off, len) = self.levels[self.levels.len() - 1];
-        off.checked_add(len)
+        super::super::format::file_len(self.header.body_len)
             .ok_or_else(|| self.bad("file length out of range"))
     }
 
@@ -100,9 +96,9 @@ impl Tables {
     /// # Errors
     /// A record pointing outside its table, or a malformed ID: answer from the JSON.
     pub fn rows(&self) -> Result<Vec<RowRef<'_>>, Error> {
-        let (items, images) = (&self.map[self.items.clone()], &self.map[self.images.clone()]);
+        let (items, images) = (&self.items[..], &self.images[..]);
         // Valid as a whole, so each string is valid if it starts and ends on a char boundary.
-        let strings = std::str::from_utf8(&self.map[self.strings.clone()])
+        let strings = std::str::from_utf8(&self.strings)
             .map_err(|_| self.bad("string is not UTF-8"))?;
         let string = |r: &[u8], at: usize| {
             let off = u32_at(r, at) as usize;
