@@ -522,3 +522,30 @@ fn generation_token_keeps_cocoons_schema() {
         .unwrap();
     assert_eq!(std::fs::metadata(&oci).unwrap().modified().unwrap(), m);
 }
+
+#[test]
+fn a_key_longer_than_a_cache_block_leaves_the_index_uncached() {
+    // `list` borrows every string from one block, so a key that cannot fit one is not cached;
+    // the JSON path still answers for it.
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = store(tmp.path(), 2);
+    let long = format!("docker.io/library/{}:latest", "a".repeat(format::PAYLOAD));
+    let oci = json(&layout, Kind::Oci);
+    Db::<OciEntry>::new(&layout.backend(Kind::Oci))
+        .update(LockWait::blocking(), &|_| {}, |idx| {
+            idx.images
+                .insert(long.clone(), Some(oci_entry(&long, n_id(99), 99)));
+            Ok(())
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let err = cache::rebuild::<OciEntry>(Kind::Oci, &oci).unwrap_err();
+    assert!(
+        err.to_string().contains("longer than a cache block"),
+        "{err}"
+    );
+    assert!(rejected(Kind::Oci, &oci).contains("stale"));
+    let store = imgstore::Store::open(tmp.path()).unwrap();
+    assert_eq!(store.inspect(&long).unwrap().id, n_id(99));
+    assert_eq!(store.inspect("app1").unwrap().id, n_id(1));
+}

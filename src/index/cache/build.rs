@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::format::{
     self, alg_code, bucket_of, str_hash, Header, Sec, Source, Time, BODY_START, BUCKET_LEN,
-    HEADER_LEN, IMAGE_LEN, MAX_BUCKET_BITS, PREFIX_LEN, REC_FIXED, SECTIONS,
+    HEADER_LEN, IMAGE_LEN, MAX_BUCKET_BITS, PAYLOAD, PREFIX_LEN, REC_FIXED, SECTIONS,
 };
 use super::Error;
 use crate::error::IoError;
@@ -148,7 +148,16 @@ impl Body {
     fn put32(&mut self, s: Sec, v: u32) {
         self.put(s, &v.to_le_bytes());
     }
+    /// Append `text` to the strings, starting it in the next block's payload if it would
+    /// straddle two (`list` borrows every string from one block of its mapping).
     fn string(&mut self, text: &str) -> Result<(u32, u32), Error> {
+        if text.len() > PAYLOAD {
+            return Err(Error::Build("a key or time longer than a cache block"));
+        }
+        let room = PAYLOAD - self.strings.len() % PAYLOAD;
+        if text.len() > room {
+            self.strings.resize(self.strings.len() + room, 0);
+        }
         let off = u32::try_from(self.strings.len()).map_err(|_| too_large())?;
         let len = u32::try_from(text.len()).map_err(|_| too_large())?;
         self.strings.extend_from_slice(text.as_bytes());
@@ -335,12 +344,15 @@ fn encode(
     Ok(out)
 }
 
-/// Place the sections one after another, 8-aligned, in the body's byte stream.
+/// Place the sections one after another, 8-aligned, in the body's byte stream; the ones `list`
+/// reads whole start a block's payload ([`format::block_aligned`]), so none of their records
+/// straddles two blocks.
 fn lay_out(secs: &[Vec<u8>; SECTIONS]) -> (Vec<u8>, [(u64, u64); SECTIONS]) {
-    let mut out = Vec::with_capacity(secs.iter().map(|s| s.len() + 8).sum());
+    let mut out = Vec::with_capacity(secs.iter().map(|s| s.len() + PAYLOAD).sum());
     let mut sections = [(0u64, 0u64); SECTIONS];
     for (i, sec) in secs.iter().enumerate() {
-        out.resize(out.len().next_multiple_of(8), 0);
+        let align = if format::block_aligned(i) { PAYLOAD } else { 8 };
+        out.resize(out.len().next_multiple_of(align), 0);
         sections[i] = (out.len() as u64, sec.len() as u64);
         out.extend_from_slice(sec);
     }

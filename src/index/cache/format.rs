@@ -78,6 +78,20 @@ pub enum Sec {
 /// Number of sections.
 pub const SECTIONS: usize = 10;
 
+/// Whether section number `i` starts a block's payload: the item, image and string tables,
+/// which `list` reads whole and borrows from one mapping. Their fixed-size records divide a
+/// payload, and the builder starts a string in the next payload rather than let it straddle.
+#[must_use]
+pub fn block_aligned(i: usize) -> bool {
+    [Sec::Items, Sec::Images, Sec::Strings]
+        .iter()
+        .any(|&s| s as usize == i)
+}
+
+const _: () = assert!(
+    PAYLOAD.is_multiple_of(ITEM_LEN) && PAYLOAD.is_multiple_of(IMAGE_LEN) && PAYLOAD.is_multiple_of(8)
+);
+
 /// A time as `stat` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Time {
@@ -346,8 +360,7 @@ impl Header {
         u64_at(head, at::HEADER_SUM)
     }
 
-    /// Where body offset `off` lies in the file (for tests that damage chosen bytes).
-    #[cfg(feature = "unstable")]
+    /// Where body offset `off` lies in the file.
     #[must_use]
     pub fn file_offset(off: u64) -> u64 {
         BODY_START as u64 + off / PAYLOAD as u64 * BLOCK as u64 + off % PAYLOAD as u64
@@ -427,9 +440,10 @@ impl Header {
         if Some(file_len) != self::file_len(body_len) {
             return Err("file length does not match its header (truncated or extended)");
         }
-        for &(off, len) in &self.sections {
+        for (i, &(off, len)) in self.sections.iter().enumerate() {
             let end = off.checked_add(len).ok_or("section out of bounds")?;
-            if end > body_len || off % 8 != 0 {
+            let align = if block_aligned(i) { PAYLOAD as u64 } else { 8 };
+            if end > body_len || off % align != 0 {
                 return Err("section out of bounds");
             }
         }

@@ -210,13 +210,12 @@ impl Cache {
         Ok(out)
     }
 
-    /// The `len` bytes at `rel` of section `s`, copied out of `map` (this cache file, mapped)
-    /// with every block they span verified (for `list`, which reads whole tables).
-    fn copy_span(&self, map: &[u8], s: Sec, rel: u64, len: u64) -> Result<Vec<u8>, Error> {
+    /// The body range of `len` bytes at `rel` of section `s`, with every block of `map` (this
+    /// cache file, mapped) it spans verified (for `list`, which reads whole tables).
+    fn verify_span(&self, map: &[u8], s: Sec, rel: u64, len: u64) -> Result<(u64, u64), Error> {
         let (a, b) = self.span(s, rel, len)?;
-        let mut out = Vec::with_capacity(len as usize);
         if len == 0 {
-            return Ok(out);
+            return Ok((a, 0));
         }
         let p = PAYLOAD as u64;
         for blk in a / p..=(b - 1) / p {
@@ -227,12 +226,8 @@ impl Cache {
             if !format::block_ok(block, self.header.seed, blk) {
                 return Err(self.bad("block checksum mismatch"));
             }
-            let start = blk * p;
-            let from = (a.max(start) - start) as usize;
-            let to = (b.min(start + p) - start) as usize;
-            out.extend_from_slice(&block[from..to]);
         }
-        Ok(out)
+        Ok((a, len))
     }
 
     fn rec(&self, s: Sec, size: usize, i: u32) -> Result<Vec<u8>, Error> {

@@ -1,11 +1,13 @@
-//! The list path: the item, image and string tables of a cache read whole (through one mapping
-//! for the one call), verified, copied out of their blocks, and handed to the caller as rows.
+//! The list path: the item, image and string tables of a cache read whole (one mapping for the
+//! one call), verified, and handed to the caller as rows borrowed from the mapping. The builder
+//! lays those tables out so that no record or string straddles two blocks
+//! ([`format::block_aligned`]); a cache that breaks this is refused, not read around.
 
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 
-use super::super::format::{digest_of, u32_at, u64_at, Sec, IMAGE_LEN, ITEM_LEN};
+use super::super::format::{digest_of, u32_at, u64_at, Header, Sec, IMAGE_LEN, ITEM_LEN, PAYLOAD};
 use super::{reject, Cache, Error};
 use crate::digest::Digest;
 use crate::error::IoError;
@@ -13,9 +15,11 @@ use crate::error::IoError;
 /// The item, image and string tables of a cache, read whole and verified (for `list`). Not
 /// kept by the cache: a `Store` kept across boots holds no copy of them.
 pub struct Tables {
-    items: Vec<u8>,
-    images: Vec<u8>,
-    strings: Vec<u8>,
+    map: memmap2::Mmap,
+    /// Body offset and length of the item, image and string tables.
+    items: (u64, u64),
+    images: (u64, u64),
+    strings: (u64, u64),
     path: PathBuf,
 }
 
@@ -24,9 +28,9 @@ fn map_cache(file: &File, len: u64) -> io::Result<memmap2::Mmap> {
     // SAFETY: a shared read-only map is undefined behaviour only if the file changes while the
     // map is alive. Only a store writer creates `images.idx`: it writes a temp file, fsyncs it,
     // makes it 0444 and renames it into place, and never opens a published cache for writing;
-    // a replacement is a new inode, so this map keeps the old, unchanging one. The map lives
-    // for one `Cache::tables` call, and every block copied out of it is bounds-checked and
-    // checksummed first.
+    // a replacement is a new inode, so this map keeps the old, unchanging one. The map lives in
+    // `Tables` for one `list`, and every range read from it is bounds-checked and checksummed
+    // first.
     let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
     let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }?;
     // `list` reads its tables straight through.
@@ -45,15 +49,17 @@ impl Cache {
             Error::Io(IoError::new("mapping index cache", self.path.clone(), source))
         })?;
         let n_items = u64::from(self.header.n_items);
-        let items = self.copy_span(&map, Sec::Items, 0, n_items * ITEM_LEN as u64)?;
-        let images = self.copy_span(
+        let items = self.verify_span(&map, Sec::Items, 0, n_items * ITEM_LEN as u64)?;
+        let images = self.verify_span(
             &map,
             Sec::Images,
             0,
             u64::from(self.header.n_images) * IMAGE_LEN as u64,
         )?;
-        let strings = self.copy_span(&map, Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
+        let strings =
+            self.verify_span(&map, Sec::Strings, 0, self.header.section(Sec::Strings).1)?;
         Ok(Tables {
+            map,
             items,
             images,
             strings,
@@ -96,23 +102,39 @@ impl Tables {
     /// # Errors
     /// A record pointing outside its table, or a malformed ID: answer from the JSON.
     pub fn rows(&self) -> Result<Vec<RowRef<'_>>, Error> {
-        let (items, images) = (&self.items[..], &self.images[..]);
-        // Valid as a whole, so each string is valid if it starts and ends on a char boundary.
-        let strings = std::str::from_utf8(&self.strings)
-            .map_err(|_| self.bad("string is not UTF-8"))?;
-        let string = |r: &[u8], at: usize| {
-            let off = u32_at(r, at) as usize;
-            let len = u32_at(r, at + 4) as usize;
-            off.checked_add(len)
-                .and_then(|end| strings.get(off..end))
-                .ok_or_else(|| self.bad("string out of range"))
+        // A body range inside one block's payload, in the mapping; a table laid out against
+        // the rule (a hand-crafted cache) is refused.
+        let bytes = |table: (u64, u64), rel: u64, len: u64| -> Result<&[u8], Error> {
+            let p = PAYLOAD as u64;
+            let end = rel.checked_add(len).filter(|&e| e <= table.1);
+            let at = table.0 + rel;
+            if end.is_none() || (at % p) + len > p {
+                return Err(self.bad("record straddles a block or leaves its table"));
+            }
+            let from = Header::file_offset(at) as usize;
+            self.map
+                .get(from..from + len as usize)
+                .ok_or_else(|| self.bad("record out of range"))
         };
-        let ids = images
-            .chunks_exact(IMAGE_LEN)
-            .map(|r| digest_of(r[0], &r[16..80]).ok_or_else(|| self.bad("malformed image ID")))
+        let string = |r: &[u8], at: usize| {
+            let b = bytes(
+                self.strings,
+                u64::from(u32_at(r, at)),
+                u64::from(u32_at(r, at + 4)),
+            )?;
+            std::str::from_utf8(b).map_err(|_| self.bad("string is not UTF-8"))
+        };
+        let n_images = self.images.1 / IMAGE_LEN as u64;
+        let ids = (0..n_images)
+            .map(|i| {
+                let r = bytes(self.images, i * IMAGE_LEN as u64, IMAGE_LEN as u64)?;
+                digest_of(r[0], &r[16..80]).ok_or_else(|| self.bad("malformed image ID"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut rows = Vec::with_capacity(items.len() / ITEM_LEN);
-        for r in items.chunks_exact(ITEM_LEN) {
+        let n_items = self.items.1 / ITEM_LEN as u64;
+        let mut rows = Vec::with_capacity(n_items as usize);
+        for i in 0..n_items {
+            let r = bytes(self.items, i * ITEM_LEN as u64, ITEM_LEN as u64)?;
             let id = *ids
                 .get(u32_at(r, 8) as usize)
                 .ok_or_else(|| self.bad("image out of range"))?;
