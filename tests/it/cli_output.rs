@@ -201,3 +201,60 @@ fn sizes_and_counts_read_like_words() {
         assert!(!out.contains("1 bytes") && !out.contains("(s)"), "{out}");
     }
 }
+
+/// The tool starts without Rust's runtime start-up (`src/main.rs`), which would keep
+/// descriptors 0–2 open; it does so itself. Started with all three closed, an import waiting
+/// for the index lock must hold `/dev/null` on them (not its lock file, which a message to
+/// stderr would then be written into), and then import as usual.
+#[test]
+fn closed_standard_descriptors_are_kept_on_dev_null() {
+    use imgstore::lock::{lock_file, LockWait, Mode};
+    use imgstore::{Kind, Layout};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let disk = dir.path().join("disk.raw");
+    std::fs::write(&disk, vec![7u8; 1 << 20]).unwrap();
+    // An empty store with its cloud index lock held by the test.
+    run(&root, &["list"]).ok();
+    let lock = Layout::new(&root).backend(Kind::CloudImg).index_lock_path();
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let held = lock_file(&lock, Mode::Exclusive, LockWait::no_wait(), &|_| {}).unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "exec \"$0\" \"$@\" <&- >&- 2>&-"])
+        .arg(bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["-o", "json", "import", "closed-fds"])
+        .arg(&disk)
+        .spawn()
+        .expect("running imgstore through sh");
+    // Wait until it holds the lock file open (it is then waiting for the lock).
+    let fds = std::path::PathBuf::from(format!("/proc/{}/fd", child.id()));
+    let holds_lock = || {
+        std::fs::read_dir(&fds).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == lock))
+        })
+    };
+    let start = std::time::Instant::now();
+    while !holds_lock() {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "the import never opened its lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for fd in 0..=2 {
+        let target = std::fs::read_link(fds.join(fd.to_string()));
+        assert_eq!(
+            target.ok(),
+            Some(std::path::PathBuf::from("/dev/null")),
+            "descriptor {fd}"
+        );
+    }
+    drop(held);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let r = run(&root, &["verify", "closed-fds", "-o", "json"]).ok();
+    assert!(r.stdout.contains("closed-fds"), "{}", r.stdout);
+}
