@@ -351,6 +351,10 @@ impl Cache {
 
     /// The images whose keys have the canonical reference `canonical`, in digest order.
     pub fn by_canonical(&self, canonical: &str) -> Result<Vec<u32>, Error> {
+        // A cloud cache has no canonical references: nothing to read.
+        if self.header.n_canon == 0 {
+            return Ok(Vec::new());
+        }
         let rec = |i: u32| {
             if i >= self.header.n_canon {
                 return Err(self.bad("canonical record out of range"));
@@ -392,6 +396,9 @@ impl Cache {
     /// bucket; the whole bucket is read and checked to be sorted and to belong there, so no
     /// match can hide elsewhere in it.
     pub fn by_prefix(&self, prefix: &Prefix) -> Result<Vec<(Digest, u32)>, Error> {
+        if self.header.n_prefix == 0 {
+            return Ok(Vec::new());
+        }
         let bits = self.header.bucket_bits;
         let b = format::bucket_of(&prefix.lower_bound(), bits) as u64;
         let bounds = self.get(Sec::Buckets, b * 4, 8)?;
