@@ -279,6 +279,11 @@ impl Worker<'_, '_> {
                 .into());
             }
         }
+        // ureq hands the connection back to its pool only on the read that finds the body
+        // ended; without it every piece opened a new connection (a handshake, a resolver
+        // thread, a cold receive window). Nothing should follow the range; a body longer
+        // than it is simply dropped with its connection.
+        let _ = reader.read(&mut [0u8; 1]);
         Ok(())
     }
 
