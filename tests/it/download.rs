@@ -175,6 +175,33 @@ fn every_server_mode_stores_the_served_bytes() {
     }
 }
 
+/// A ranged download keeps its connections alive: the probe's and each worker's connection
+/// carry piece after piece, so the server sees no more connections than the pull uses (ureq
+/// pools a connection only once its body is read to the end; a new connection per piece costs
+/// a handshake and a cold receive window).
+#[test]
+fn ranged_pieces_reuse_the_connections() {
+    let f = fixture();
+    // 40 MiB: the probe and three pieces.
+    let body = image(&f.files, 40, 7);
+    for connections in [1u64, 2] {
+        let server = RangeServer::start(body.clone(), Mode::default());
+        let root = f.root.join(format!("c{connections}"));
+        let url = server.url("/img.qcow2");
+        pull(&root, &url, &["--connections", &connections.to_string()]).ok();
+        let (id, _) = stored(&root, &url);
+        assert_eq!(id, hex(&body));
+        let reqs = server.requests();
+        assert_eq!(reqs.len(), 4, "the probe and three pieces: {reqs:?}");
+        assert!(
+            server.connections() <= connections,
+            "{connections} connection(s) asked for, {} opened for {} requests",
+            server.connections(),
+            reqs.len()
+        );
+    }
+}
+
 /// A file replaced on the server mid-download never yields a blob mixing both versions: the
 /// guarded ranges fail (`If-Range`), or the `ETag` of a 206 differs (a server ignoring
 /// `If-Range`), and the download starts over; the stored blob is the new version entirely.

@@ -2,8 +2,9 @@
 //! `Range` / `If-Range` / `If-None-Match` / `If-Modified-Since`, and switches for the ways real
 //! servers and CDNs differ or fail — a bytes-per-second cap per connection, connections dropped
 //! after N body bytes, `Range` ignored or answered with 200, no or weak validators, HEAD refused,
-//! the file replaced after N bytes served. It counts requests and body bytes served. Stopped and
-//! joined when dropped. Shared with `examples/range_server.rs` (the bench's server).
+//! the file replaced after N bytes served. It counts requests, connections and body bytes
+//! served. Stopped and joined when dropped. Shared with `examples/range_server.rs` (the bench's
+//! server).
 
 #![allow(dead_code)]
 
@@ -83,6 +84,7 @@ struct Shared {
     next: Mutex<Option<Arc<[u8]>>>,
     stop: AtomicBool,
     served: AtomicU64,
+    accepted: AtomicU64,
     log: Mutex<Vec<Request>>,
     conns: Mutex<Vec<TcpStream>>,
     busy: std::sync::atomic::AtomicUsize,
@@ -134,6 +136,7 @@ impl RangeServer {
             next: Mutex::new(None),
             stop: AtomicBool::new(false),
             served: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             conns: Mutex::new(Vec::new()),
             busy: std::sync::atomic::AtomicUsize::new(0),
@@ -145,6 +148,7 @@ impl RangeServer {
                 while !shared.stop.load(Ordering::SeqCst) {
                     match listener.accept() {
                         Ok((conn, _)) => {
+                            shared.accepted.fetch_add(1, Ordering::SeqCst);
                             let shared = Arc::clone(&shared);
                             conns.push(thread::spawn(move || serve(conn, &shared)));
                         }
@@ -194,6 +198,11 @@ impl RangeServer {
         self.shared.served.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
     /// Requests so far.
     pub fn requests(&self) -> Vec<Request> {
         self.shared.log.lock().unwrap().clone()
@@ -212,6 +221,7 @@ impl RangeServer {
     /// Forget the counts.
     pub fn reset_counts(&self) {
         self.shared.served.store(0, Ordering::SeqCst);
+        self.shared.accepted.store(0, Ordering::SeqCst);
         self.shared.log.lock().unwrap().clear();
     }
 }

@@ -220,12 +220,15 @@ fn fresh(f: &Fetch<'_>, client: &Client, connections: usize) -> Result<Attempt, 
     }
     // The probe's bytes: sniffed before any other connection opens, written at offset 0.
     let mut head = Vec::with_capacity(cr.end as usize);
-    response
-        .into_body()
-        .into_reader()
+    let mut body = response.into_body().into_reader();
+    (&mut body)
         .take(cr.end)
         .read_to_end(&mut head)
         .map_err(|e| Error::from_io(e, f.url))?;
+    // The read that finds the end hands the connection back for the ranges (see
+    // `ranges::Worker::body`).
+    let _ = body.read(&mut [0u8; 1]);
+    drop(body);
     if (head.len() as u64) < cr.end {
         return Err(Error::Truncated {
             url: f.url.to_owned(),

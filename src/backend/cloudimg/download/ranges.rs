@@ -24,7 +24,7 @@ use super::super::http::{status_error, Client};
 use super::super::Error;
 use super::probe;
 use super::resume::Tracker;
-use super::sink::{self, Chunk, Written, ALIGN, WRITERS};
+use super::sink::{self, Buf, Chunk, Written, ALIGN, WRITERS};
 
 /// Bytes read from the network per buffer (per write and per hasher message). 1 MiB buffers
 /// handed between four threads on 2 cores cost more in wake-ups than 4 MiB ones (as measured
@@ -105,7 +105,7 @@ pub fn run(job: &Job<'_>, pieces: Vec<(u64, u64)>, first: Option<Opened>) -> Res
     let written = Written::default();
     // Bounded too: the hasher never waits for anything but blake3, which waits for nothing.
     let (hash_tx, hash_rx) = crossbeam_channel::bounded::<Chunk>(QUEUED);
-    let (pool_tx, pool_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let (pool_tx, pool_rx) = crossbeam_channel::unbounded::<Buf>();
     std::thread::scope(|s| {
         let (stop, failure) = (&stop, &failure);
         let hasher = s.spawn(|| hash_in_order(job, resumed.ranges(), &hash_rx, &pool_tx, stop));
@@ -177,7 +177,7 @@ pub fn run(job: &Job<'_>, pieces: Vec<(u64, u64)>, first: Option<Opened>) -> Res
 struct Worker<'a, 'j> {
     job: &'a Job<'j>,
     tx: Sender<Chunk>,
-    pool: &'a Receiver<Vec<u8>>,
+    pool: &'a Receiver<Buf>,
     stop: &'a AtomicBool,
     present: &'a AtomicU64,
 }
@@ -279,6 +279,11 @@ impl Worker<'_, '_> {
                 .into());
             }
         }
+        // ureq hands the connection back to its pool only on the read that finds the body
+        // ended; without it every piece opened a new connection (a handshake, a resolver
+        // thread, a cold receive window). Nothing should follow the range; a body longer
+        // than it is simply dropped with its connection.
+        let _ = reader.read(&mut [0u8; 1]);
         Ok(())
     }
 
@@ -339,7 +344,7 @@ fn hash_in_order(
     job: &Job<'_>,
     resumed: &[(u64, u64)],
     rx: &Receiver<Chunk>,
-    pool: &Sender<Vec<u8>>,
+    pool: &Sender<Buf>,
     stop: &AtomicBool,
 ) -> Result<Sums, Error> {
     let (b3_tx, b3_rx) = crossbeam_channel::bounded::<Chunk>(8);
