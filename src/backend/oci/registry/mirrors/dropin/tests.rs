@@ -212,3 +212,31 @@ fn which_files_and_directories_apply() {
     );
     assert_eq!(d.sources(&RegistriesConf::None, &xdg_only), Sources::default());
 }
+
+/// Byte order of the names, not the order the directory lists them in, nor numeric order.
+#[test]
+fn drop_ins_are_listed_in_byte_order_of_their_names() {
+    let d = Dirs::new();
+    let names = [
+        "b.conf", "10-x.conf", "Z.conf", "9-x.conf", "a.conf", "01-x.conf", "_.conf", "ab.conf",
+        "aa.conf", ".conf",
+    ];
+    for name in names {
+        d.write(&format!("etc/containers/registries.conf.d/{name}"), &mirrored("a.example", name));
+    }
+    let dir = d.system().join("registries.conf.d");
+    let listed: Vec<String> = conf_files(&dir)
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ".conf", "01-x.conf", "10-x.conf", "9-x.conf", "Z.conf", "_.conf", "a.conf",
+            "aa.conf", "ab.conf", "b.conf",
+        ]
+    );
+    // The last one wins.
+    assert_eq!(tried(&d.load().unwrap(), "a.example"), ["b.conf/app", "a.example/app"]);
+}
