@@ -13,7 +13,8 @@
 //!   names; other files and sub-directories are skipped; a missing directory has none. Each
 //!   must be version 2, and is an error naming it when it does not parse.
 //! - A later file's `[[registry]]` table replaces, whole, the earlier table with the same prefix
-//!   (the location when it has no prefix); tables with new prefixes are added.
+//!   (the location when it has no prefix); tables with new prefixes are added; then the tables
+//!   are in byte order of their prefixes.
 #![allow(
     clippy::result_large_err,
     reason = "shares the registry Error, whose DigestMismatch is large; see registry.rs"
@@ -113,7 +114,9 @@ impl Registries {
         Ok(out)
     }
 
-    /// A later file's tables replace those with the same prefix; new ones are added.
+    /// A later file's tables replace those with the same prefix; new ones are added. Then, as
+    /// containers/image does after each drop-in, the tables are in byte order of their prefixes
+    /// as written (which decides the first of equally long matches).
     fn merge(&mut self, later: Self) {
         for rule in later.rules {
             match self.rules.iter_mut().find(|r| r.prefix == rule.prefix) {
@@ -121,6 +124,7 @@ impl Registries {
                 None => self.rules.push(rule),
             }
         }
+        self.rules.sort_by_cached_key(|r| r.prefix.to_string());
     }
 }
 

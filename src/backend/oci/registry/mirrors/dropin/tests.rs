@@ -240,3 +240,19 @@ fn drop_ins_are_listed_in_byte_order_of_their_names() {
     // The last one wins.
     assert_eq!(tried(&d.load().unwrap(), "a.example"), ["b.conf/app", "a.example/app"]);
 }
+
+/// A wildcard and a host prefix of the same length both match: the first table wins in one
+/// file; once a drop-in is merged, the tables are in prefix order and the wildcard (`*` sorts
+/// before letters) comes first, as with containers/image.
+#[test]
+fn after_a_drop_in_the_tables_are_in_prefix_order() {
+    let d = Dirs::new();
+    d.write(
+        "etc/containers/registries.conf",
+        "[[registry]]\nprefix = \"x.b.com\"\n[[registry.mirror]]\nlocation = \"exact.lan\"\n\
+         [[registry]]\nprefix = \"*.b.com\"\n[[registry.mirror]]\nlocation = \"wild.lan\"\n",
+    );
+    assert_eq!(tried(&d.load().unwrap(), "x.b.com"), ["exact.lan/app", "x.b.com/app"]);
+    d.write("etc/containers/registries.conf.d/empty.conf", "# nothing\n");
+    assert_eq!(tried(&d.load().unwrap(), "x.b.com"), ["wild.lan/app", "x.b.com/app"]);
+}
