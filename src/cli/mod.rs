@@ -29,9 +29,10 @@ struct Cli {
     /// Give up waiting for a lock after this long (e.g. 30s, 5m, 1.5h).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
     lock_timeout: Duration,
-    /// Mirror, blocked and insecure registry rules (containers-registries.conf v2) [default:
-    /// `$CONTAINERS_REGISTRIES_CONF`, `$XDG_CONFIG_HOME/containers/registries.conf`,
-    /// `/etc/containers/registries.conf`, the first that exists].
+    /// Mirror, blocked and insecure registry rules (containers-registries.conf v2), this file
+    /// alone [default: `$CONTAINERS_REGISTRIES_CONF`,
+    /// `$XDG_CONFIG_HOME/containers/registries.conf`, `/etc/containers/registries.conf`, the
+    /// first that exists, then the `registries.conf.d/` drop-ins].
     #[arg(long, global = true, value_name = "FILE")]
     registries_conf: Option<PathBuf>,
     #[command(subcommand)]

@@ -411,6 +411,91 @@ fn the_config_file_is_found_as_podman_finds_it() {
     env2.assert_nothing_stored();
 }
 
+/// Drop-ins (containers-registries.conf.d(5)) beside the user's file: a drop-in's table
+/// replaces the file's table with the same prefix, another adds a registry, names not ending
+/// with `.conf` are skipped, one that does not parse is an error naming it;
+/// `$CONTAINERS_REGISTRIES_CONF` keeps the drop-ins, `--registries-conf FILE` reads none.
+#[test]
+fn drop_ins_replace_and_add_tables_and_an_explicit_file_reads_none() {
+    let mut upstream = TestRegistry::start();
+    let mirror = TestRegistry::start();
+    let work = Env::new();
+    let built = push(&upstream, &work.path("a"), "team/app", "v1", &image("one"));
+    push(&mirror, &work.path("b"), "team/app", "v1", &image("one"));
+    let r = format!("{}/team/app:v1", upstream.host());
+    let blocked = format!(
+        "[[registry]]\nlocation = \"{}\"\nblocked = true\n",
+        upstream.host()
+    );
+    let with_mirror = mirror_conf(&upstream, &mirror.host(), None);
+    let added = format!(
+        "[[registry]]\nprefix = \"example.invalid/team\"\nlocation = \"{}/team\"\n",
+        mirror.host()
+    );
+    // The user's file blocks the registry; its drop-ins give it a mirror instead and add a
+    // prefix served by the mirror.
+    let setup = |env: &Env| {
+        let user_conf = env.path("xdg/containers/registries.conf");
+        let dir = env.path("xdg/containers/registries.conf.d");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(&user_conf, &blocked).unwrap();
+        fs::write(dir.join("50-mirror.conf"), &with_mirror).unwrap();
+        fs::write(dir.join("70-new.conf"), &added).unwrap();
+        fs::write(dir.join("README"), "not [ toml").unwrap();
+        fs::write(dir.join("90-off.conf.disabled"), &blocked).unwrap();
+        (user_conf, dir)
+    };
+    let env = Env::new();
+    let (user_conf, dir) = setup(&env);
+    // Only the mirror can answer.
+    upstream.stop();
+    env.run(&["pull", &r]).ok();
+    assert_eq!(env.image_digest(&r), built.manifest_digest);
+    env.verify_ok(&r);
+    env.run(&["pull", "example.invalid/team/app:v1"]).ok();
+    assert_eq!(
+        env.image_digest("example.invalid/team/app:v1"),
+        built.manifest_digest
+    );
+
+    // The flag's file alone: blocked, naming it.
+    let flag = ["--registries-conf", user_conf.to_str().unwrap()];
+    let out = env
+        .run(&[&flag[..], &["pull", "--force", &r]].concat())
+        .fails();
+    assert!(out.stderr.contains("blocked"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(user_conf.to_str().unwrap()),
+        "{}",
+        out.stderr
+    );
+
+    // $CONTAINERS_REGISTRIES_CONF: that file, then the drop-ins; a drop-in that blocks is named.
+    let late = dir.join("80-block.conf");
+    fs::write(&late, &blocked).unwrap();
+    let empty = env.conf("empty.conf", "# no rules\n");
+    let out = env.run_with(&["pull", "--force", &r], Some(&empty)).fails();
+    assert!(out.stderr.contains("blocked"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(late.to_str().unwrap()),
+        "{}",
+        out.stderr
+    );
+
+    // A drop-in that does not parse: an error naming it, nothing stored.
+    let env = Env::new();
+    let (_, dir) = setup(&env);
+    let broken = dir.join("60-broken.conf");
+    fs::write(&broken, "[[registry]]\nprefix = 3\n").unwrap();
+    let out = env.run(&["pull", &r]).fails();
+    assert!(
+        out.stderr.contains(broken.to_str().unwrap()),
+        "{}",
+        out.stderr
+    );
+    env.assert_nothing_stored();
+}
+
 /// The library client: a mirror whose manifest was damaged in storage (same length, valid JSON)
 /// is a digest mismatch by tag and by digest, and the registry answers instead; with the
 /// registry down the error carries each endpoint's failure, the mirror's a `DigestMismatch`.

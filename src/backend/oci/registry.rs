@@ -330,8 +330,8 @@ pub struct ClientOptions {
     /// The docker config file; `None` means `$DOCKER_CONFIG/config.json` or
     /// `~/.docker/config.json`. Its `auths`, `credHelpers` and `credsStore` are used.
     pub docker_config: Option<PathBuf>,
-    /// Mirrors, remapping, blocked and insecure registries (containers-registries.conf v2);
-    /// read at the client's first request.
+    /// Mirrors, remapping, blocked and insecure registries (containers-registries.conf v2 and,
+    /// when searching, its `registries.conf.d` drop-ins); read at the client's first request.
     pub registries_conf: RegistriesConf,
     /// The platform manifest lists are resolved to.
     pub platform: Platform,

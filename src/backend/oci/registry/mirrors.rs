@@ -14,7 +14,8 @@
 //! - `blocked = true` refuses the pull; `insecure = true` reaches that endpoint over plain http.
 //!
 //! Version 1 files (`[registries.insecure]`, `[registries.block]`) are read as the equivalent
-//! host-wide tables. Drop-in directories (`registries.conf.d`) are not read.
+//! host-wide tables. The `*.conf` files of the drop-in directories (`registries.conf.d`) are
+//! read after the main file, see [`dropin`].
 #![allow(
     clippy::result_large_err,
     reason = "shares the registry Error, whose DigestMismatch is large; see registry.rs"
@@ -24,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use self::dropin::{Sources, SYSTEM_DIR};
 use super::transport::host_without_port;
 use super::Error;
 
@@ -33,10 +35,11 @@ use super::Error;
 pub enum RegistriesConf {
     /// As podman looks: `$CONTAINERS_REGISTRIES_CONF`, else
     /// `$XDG_CONFIG_HOME/containers/registries.conf` (`~/.config/…` without it) when it exists,
-    /// else `/etc/containers/registries.conf` when it exists, else no rules.
+    /// else `/etc/containers/registries.conf` when it exists, else no main file; then the
+    /// drop-in directories that go with that choice (see `docs/design.md` §3b).
     #[default]
     Search,
-    /// This file, which must exist.
+    /// This file, which must exist, and no drop-in directory.
     File(PathBuf),
     /// No rules: every image comes from the registry its name names.
     None,
@@ -84,14 +87,14 @@ struct Rule {
     blocked: bool,
     mirror_by_digest_only: bool,
     mirrors: Vec<Mirror>,
+    /// The file the table came from (for messages).
+    file: PathBuf,
 }
 
-/// The parsed rules of one containers-registries.conf.
+/// The parsed rules of one containers-registries.conf and its drop-ins.
 #[derive(Debug, Clone, Default)]
 pub struct Registries {
     rules: Vec<Rule>,
-    /// The file they came from (for messages).
-    source: Option<PathBuf>,
 }
 
 /// One place to try for an image: a registry host, repository and tag or digest.
@@ -176,44 +179,20 @@ const OTHER_KEYS: &[&str] = &[
     "additional-layer-store-auth-helper",
 ];
 
-impl RegistriesConf {
-    /// The file these rules come from, if any exists.
-    fn path(&self) -> Option<PathBuf> {
-        match self {
-            Self::None => None,
-            Self::File(p) => Some(p.clone()),
-            Self::Search => {
-                let env = |k| std::env::var_os(k).filter(|v| !v.is_empty());
-                if let Some(p) = env("CONTAINERS_REGISTRIES_CONF") {
-                    return Some(PathBuf::from(p));
-                }
-                let user = env("XDG_CONFIG_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")))
-                    .map(|d| d.join("containers/registries.conf"));
-                user.into_iter()
-                    .chain([PathBuf::from("/etc/containers/registries.conf")])
-                    .find(|p| p.exists())
-            }
-        }
-    }
-}
-
 impl Registries {
-    /// Read the rules `conf` names; no file (when searching) means no rules.
+    /// Read the rules `conf` names, drop-ins included; no file (when searching) means no rules.
     pub fn load(conf: &RegistriesConf) -> Result<Self, Error> {
-        let Some(path) = conf.path() else {
-            return Ok(Self::default());
-        };
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::RegistriesConf {
-            path: path.clone(),
-            source,
-        })?;
-        Self::parse(&text, &path)
+        let sources = Sources::of(conf, |k| std::env::var_os(k), Path::new(SYSTEM_DIR));
+        Self::load_sources(&sources)
     }
 
     /// Parse the text of a containers-registries.conf read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        Self::parse_file(text, path, false)
+    }
+
+    /// [`Registries::parse`]; a `drop_in` must be version 2.
+    fn parse_file(text: &str, path: &Path, drop_in: bool) -> Result<Self, Error> {
         let bad = |reason: String| Error::BadRegistriesConf {
             path: path.to_owned(),
             reason,
@@ -224,6 +203,11 @@ impl Registries {
         }
         let mut rules = Vec::new();
         if let Some(v1) = raw.registries {
+            if drop_in {
+                return Err(bad(
+                    "a drop-in must be version 2: [registries.*] tables are version 1".to_owned(),
+                ));
+            }
             if !raw.registry.is_empty() {
                 return Err(bad(
                     "mixes the version 1 [registries.*] tables with version 2 [[registry]] tables"
@@ -251,12 +235,13 @@ impl Registries {
                     blocked,
                     mirror_by_digest_only: false,
                     mirrors: Vec::new(),
+                    file: path.to_owned(),
                 });
             }
         }
         for (i, r) in raw.registry.into_iter().enumerate() {
-            let rule =
-                Self::rule(r).map_err(|reason| bad(format!("[[registry]] #{}: {reason}", i + 1)))?;
+            let rule = Self::rule(r, path)
+                .map_err(|reason| bad(format!("[[registry]] #{}: {reason}", i + 1)))?;
             if let Some(other) = rules.iter().find(|o| o.prefix == rule.prefix) {
                 return Err(bad(format!(
                     "prefix {} is defined more than once",
@@ -265,13 +250,10 @@ impl Registries {
             }
             rules.push(rule);
         }
-        Ok(Self {
-            rules,
-            source: Some(path.to_owned()),
-        })
+        Ok(Self { rules })
     }
 
-    fn rule(r: RawRegistry) -> Result<Rule, String> {
+    fn rule(r: RawRegistry, file: &Path) -> Result<Rule, String> {
         for key in r.other.keys() {
             tracing::warn!(key, "unknown key in a [[registry]] table ignored");
         }
@@ -343,6 +325,7 @@ impl Registries {
             blocked: r.blocked,
             mirror_by_digest_only: r.mirror_by_digest_only,
             mirrors,
+            file: file.to_owned(),
         })
     }
 
@@ -381,7 +364,7 @@ impl Registries {
             return Err(Error::Blocked {
                 image: name,
                 prefix: rule.prefix.to_string(),
-                path: self.source.clone().unwrap_or_default(),
+                path: rule.file.clone(),
             });
         }
         let rest = &name[matched..];
@@ -396,7 +379,7 @@ impl Registries {
                     mirror,
                 })
                 .ok_or_else(|| Error::BadRegistriesConf {
-                    path: self.source.clone().unwrap_or_default(),
+                    path: rule.file.clone(),
                     reason: format!(
                         "prefix {} rewrites {name} to {full:?}, which is not host/repository \
                          with a tag or digest",
@@ -483,5 +466,6 @@ fn split_name(full: &str) -> Option<(&str, &str, &str)> {
     .then_some((host, repository, reference))
 }
 
+mod dropin;
 #[cfg(test)]
 mod tests;
