@@ -7,6 +7,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo clippy --no-default-features --lib -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 # A release build must carry no test hooks: the failpoints compile only under the `unstable`
 # feature (tests, benches, fuzz), so neither the variable nor any point name is in the binary.
 # (The check must see the binary: a missing file would make grep find nothing and pass.)

@@ -13,7 +13,7 @@
 //!   ranged download whose hasher follows the contiguous prefix), so it is not read again.
 //!
 //! Either way the bytes are fsynced and checked against what the caller expected; a failure at any
-//! step leaves nothing behind. [`publish`] then moves a staged file into `blobs/` read-only
+//! step leaves nothing behind. `publish` then moves a staged file into `blobs/` read-only
 //! without ever replacing one, and [`publish_layer`] publishes a layer's boot directory before its
 //! blob, so a blob that exists always has its boot files.
 #![allow(

@@ -290,7 +290,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// Give the implied directories `patches` names (by nid, as [`View`] records them) other mode,
 /// owner, mtime and xattrs (`ViewDir::xattrs`, plus the opaque marker when `ViewDir::opaque`),
 /// in place, in an image the writer wrote (not yet published: the caller owns the file). The
-/// image keeps its size. Xattrs that do not fit [`XATTR_ROOM`] are left out; the return value
+/// image keeps its size. Xattrs that do not fit `XATTR_ROOM` are left out; the return value
 /// counts the directories that lost them.
 ///
 /// # Errors

@@ -8,7 +8,7 @@
 //!   an untrusted image), refuses a "raw" file that sniffs as something else, caps the virtual
 //!   size, then confirms with `qemu-img info` and `qemu-img check`;
 //! - [`plan`] and [`convert`] decide and perform the conversion to qcow2 v3;
-//! - [`open`] / [`download`] stream an http(s) URL with a size cap, timeouts and length checks;
+//! - [`open`] / `download` stream an http(s) URL with a size cap, timeouts and length checks;
 //!   the bytes delivered are exactly the bytes served (no transfer decoding).
 //!
 //! This module never touches the store: it does not know the layout, the index or locks, and it

@@ -171,7 +171,7 @@ const WRITER_CLOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(
 /// is `index` serialized. The caller holds the exclusive index lock.
 ///
 /// Returns whether a cache was published. None is when `db/` is not writable, or the clock did
-/// not pass the write within [`WRITER_CLOCK_WAIT`], or the file no longer holds `written`
+/// not pass the write within `WRITER_CLOCK_WAIT`, or the file no longer holds `written`
 /// (someone outside the lock changed it): a reader rebuilds the cache later.
 pub fn refresh_after_write<E: crate::index::Entry>(
     kind: crate::Kind,

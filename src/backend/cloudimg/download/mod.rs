@@ -3,8 +3,8 @@
 //! stored copy. The protocol is docs/design.md §3a.
 //!
 //! - [`probe`]: validators, `Content-Range`, HTTP dates (no I/O);
-//! - [`ranges`]: the workers and the in-order hasher;
-//! - [`resume`]: the resume record and its durable checkpoints.
+//! - `ranges`: the workers and the in-order hasher;
+//! - `resume`: the resume record and its durable checkpoints.
 //!
 //! This module writes only the data file and the record it is given (paths chosen by the
 //! caller, who also holds the data file's lock); it knows nothing of the store.
