@@ -54,7 +54,21 @@ impl Env {
         fs::write(self.path("docker/config.json"), config.to_string()).unwrap();
     }
 
+    /// Write `auths` as the containers `auth.json` at `rel` (relative to the temp dir).
+    fn auth_json(&self, rel: &str, auths: &serde_json::Value) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, serde_json::json!({ "auths": auths }).to_string()).unwrap();
+        path
+    }
+
     fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    /// [`Env::run`] with `extra` environment variables (`$REGISTRY_AUTH_FILE` is unset unless
+    /// given here; `$XDG_RUNTIME_DIR` is `run/` in the temp dir).
+    fn run_env(&self, args: &[&str], extra: &[(&str, &Path)]) -> Run {
         let path = format!(
             "{}:{}",
             self.path("bin").display(),
@@ -68,7 +82,10 @@ impl Env {
             .env("DOCKER_CONFIG", self.path("docker"))
             .env("HOME", self.path("home"))
             .env("XDG_CONFIG_HOME", self.path("xdg"))
+            .env("XDG_RUNTIME_DIR", self.path("run"))
+            .env_remove("REGISTRY_AUTH_FILE")
             .env_remove("CONTAINERS_REGISTRIES_CONF")
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -125,6 +142,60 @@ fn cred_helpers_and_creds_store_give_basic_credentials() {
     env2.run(&["pull", &r]).ok();
     assert_eq!(env2.asked("imgstore-store"), reg.host());
     assert_eq!(env2.image_digest(&r), built.manifest_digest);
+}
+
+/// base64 of `alice:s3cret pass` and of `alice:wrong`, as `podman login` writes them.
+const RIGHT: &str = "YWxpY2U6czNjcmV0IHBhc3M=";
+const WRONG: &str = "YWxpY2U6d3Jvbmc=";
+
+#[test]
+fn auth_json_is_read_before_the_docker_config() {
+    let reg = TestRegistry::start_with_auth("alice", "s3cret pass");
+    let host = reg.host();
+    let env = Env::new();
+    let built = push(&reg, &env.path("layout"), "team/private");
+    let r = format!("{host}/team/private:v1");
+    let wrong = serde_json::json!({ &host: { "auth": WRONG } });
+
+    // The XDG config auth.json wins over the docker config; its namespace key over its host key.
+    env.docker_config(&serde_json::json!({ "auths": wrong }));
+    let key = format!("{host}/team/private");
+    env.auth_json(
+        "xdg/containers/auth.json",
+        &serde_json::json!({ &host: { "auth": WRONG }, key: { "auth": RIGHT } }),
+    );
+    env.run(&["pull", &r]).ok();
+    assert_eq!(env.image_digest(&r), built.manifest_digest);
+
+    // $REGISTRY_AUTH_FILE replaces the runtime file, which otherwise comes first.
+    let env = Env::new();
+    env.auth_json("run/containers/auth.json", &wrong);
+    let file = env.auth_json(
+        "elsewhere.json",
+        &serde_json::json!({ &host: { "auth": RIGHT } }),
+    );
+    let out = env.run(&["pull", &r]).fails();
+    assert!(out.stderr.contains("not authorized"), "{}", out.stderr);
+    env.assert_nothing_stored();
+    env.run_env(&["pull", &r], &[("REGISTRY_AUTH_FILE", &file)])
+        .ok();
+    assert_eq!(env.image_digest(&r), built.manifest_digest);
+
+    // A broken auth.json is an error naming it, even with good docker credentials behind it.
+    let env = Env::new();
+    env.docker_config(&serde_json::json!({ "auths": { &host: { "auth": RIGHT } } }));
+    env.run(&["pull", &r]).ok();
+    let broken = env.path("xdg/containers/auth.json");
+    fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    fs::write(&broken, "{\"auths\": {").unwrap();
+    let out = env
+        .run(&["pull", &format!("{host}/team/private:v2")])
+        .fails();
+    assert!(
+        out.stderr.contains(&broken.display().to_string()),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -57,6 +57,8 @@ impl Env {
             .env("XDG_CONFIG_HOME", self.path("xdg"))
             .env("HOME", self.path("home"))
             .env("DOCKER_CONFIG", self.path("docker"))
+            .env("XDG_RUNTIME_DIR", self.path("run"))
+            .env_remove("REGISTRY_AUTH_FILE")
             .stdin(Stdio::null())
             .output()
             .unwrap();

@@ -496,6 +496,9 @@ fn run_with_docker_config(env: &Env, host: &str, user: &str, password: &str, arg
         .args(args)
         .env("DOCKER_CONFIG", &dir)
         .env("HOME", env.path("home"))
+        .env("XDG_RUNTIME_DIR", env.path("run"))
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("REGISTRY_AUTH_FILE")
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -210,6 +210,9 @@ pub(crate) fn run_as(
         .args(args)
         .env("DOCKER_CONFIG", &docker)
         .env("HOME", dir.join("home"))
+        .env("XDG_RUNTIME_DIR", dir.join("run"))
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("REGISTRY_AUTH_FILE")
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

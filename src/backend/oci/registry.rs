@@ -17,7 +17,8 @@
 //! one answers with content that verifies.
 //!
 //! Files: `transport` (URLs, sending, retries, statuses), `auth` (challenges, credentials,
-//! tokens), `credhelper` (docker credential helpers), `mirrors` (registries.conf rules),
+//! tokens), `authfile` (which credentials files, in order), `credhelper` (one credentials file
+//! and docker credential helpers), `mirrors` (registries.conf rules),
 //! `route` (trying endpoints in turn), `resolve` (tag or digest to a platform manifest and its
 //! config), `blob` (streaming and checking blobs), `manifest` (documents and the rules pull and
 //! layout import share).
@@ -30,6 +31,7 @@
 
 pub mod artifact;
 mod auth;
+mod authfile;
 mod blob;
 mod credhelper;
 pub mod push;
@@ -213,16 +215,16 @@ pub enum Error {
         /// The read error.
         source: io::Error,
     },
-    /// The docker config file exists but could not be read.
-    #[error("reading docker config {}: {source}", path.display())]
+    /// A credentials file (containers `auth.json` or docker config) exists but could not be read.
+    #[error("reading registry credentials file {}: {source}", path.display())]
     DockerConfig {
         /// The config file.
         path: PathBuf,
         /// The read error.
         source: io::Error,
     },
-    /// The docker config file is not valid.
-    #[error("docker config {}: {reason}", path.display())]
+    /// A credentials file (containers `auth.json` or docker config) is not valid.
+    #[error("registry credentials file {}: {reason}", path.display())]
     BadDockerConfig {
         /// The config file.
         path: PathBuf,
@@ -325,10 +327,13 @@ impl Error {
 pub struct ClientOptions {
     /// Hosts (`name` or `name:port`) allowed over plain http. Loopback hosts always are.
     pub insecure: Vec<String>,
-    /// Credentials for every registry this client talks to; overrides the docker config.
+    /// Credentials for every registry this client talks to; overrides the credentials files.
     pub credentials: Option<Credentials>,
-    /// The docker config file; `None` means `$DOCKER_CONFIG/config.json` or
-    /// `~/.docker/config.json`. Its `auths`, `credHelpers` and `credsStore` are used.
+    /// The only credentials file to read (docker `config.json` format: `auths`, `credHelpers`,
+    /// `credsStore`). `None` means containers-auth.json(5)'s search: `$REGISTRY_AUTH_FILE` or
+    /// `$XDG_RUNTIME_DIR/containers/auth.json`, then `$XDG_CONFIG_HOME/containers/auth.json`,
+    /// then `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`; the first file with an entry
+    /// for the repository wins.
     pub docker_config: Option<PathBuf>,
     /// Mirrors, remapping, blocked and insecure registries (containers-registries.conf v2 and,
     /// when searching, its `registries.conf.d` drop-ins); read at the client's first request.
@@ -394,14 +399,15 @@ pub struct Client {
     agent: ureq::Agent,
     insecure: Vec<String>,
     credentials: Option<Credentials>,
-    docker_config: Option<PathBuf>,
+    /// The credentials files, searched in order.
+    auth_files: Vec<PathBuf>,
     platform: Platform,
     retries: u32,
     /// `Authorization` values that worked, per (API host, repository).
     auth: Mutex<HashMap<(String, String), String>>,
     registries_conf: RegistriesConf,
-    /// What the docker config (and its helpers) gave per registry host, once asked.
-    host_credentials: Mutex<HashMap<String, Option<Credentials>>>,
+    /// What the credentials files (and their helpers) gave per (host, repository), once asked.
+    host_credentials: Mutex<HashMap<(String, String), Option<Credentials>>>,
     /// The rules of `registries_conf`, once read.
     registries: Mutex<Option<Arc<Registries>>>,
     /// The endpoints `resolve` chose for (host, repository), which its blobs follow.
@@ -415,7 +421,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("insecure", &self.insecure)
             .field("credentials", &self.credentials)
-            .field("docker_config", &self.docker_config)
+            .field("auth_files", &self.auth_files)
             .field("registries_conf", &self.registries_conf)
             .field("platform", &self.platform)
             .field("retries", &self.retries)
@@ -453,7 +459,7 @@ impl Client {
             agent: ureq::Agent::new_with_config(config),
             insecure,
             credentials,
-            docker_config: docker_config.or_else(credhelper::default_docker_config),
+            auth_files: docker_config.map_or_else(authfile::default_auth_files, |f| vec![f]),
             platform,
             retries,
             auth: Mutex::new(HashMap::new()),

@@ -1,4 +1,4 @@
-//! Registry authentication: `WWW-Authenticate` challenges, base64, docker config credentials,
+//! Registry authentication: `WWW-Authenticate` challenges, base64, credentials from the auth files,
 //! and the authenticated GET every request goes through (anonymous first; on a 401, a bearer
 //! token from the realm or basic credentials, as the challenge asks). Tokens are cached in the
 //! client per registry and repository.
@@ -9,7 +9,8 @@
 
 use std::fmt;
 
-use super::credhelper::{docker_config_credentials, IDENTITY_TOKEN_USER};
+use super::authfile;
+use super::credhelper::IDENTITY_TOKEN_USER;
 use super::transport::{status_error, Repo};
 use super::{Client, Error};
 
@@ -238,17 +239,13 @@ impl Client {
         if let Some(c) = &self.credentials {
             return Ok(Some(c.clone()));
         }
-        let Some(path) = &self.docker_config else {
-            return Ok(None);
-        };
-        // A credential helper may prompt or be slow: ask it once per host and client.
-        if let Some(known) = self.host_credentials.lock().get(repo.host) {
+        // A credential helper may prompt or be slow: ask once per repository and client.
+        let key = (repo.host.to_owned(), repo.repository.to_owned());
+        if let Some(known) = self.host_credentials.lock().get(&key) {
             return Ok(known.clone());
         }
-        let found = docker_config_credentials(path, repo.host)?;
-        self.host_credentials
-            .lock()
-            .insert(repo.host.to_owned(), found.clone());
+        let found = authfile::credentials(&self.auth_files, repo.host, repo.repository)?;
+        self.host_credentials.lock().insert(key, found.clone());
         Ok(found)
     }
 

@@ -10,7 +10,7 @@
 )]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::auth::{base64_decode, Credentials};
@@ -97,16 +97,6 @@ pub(crate) fn get(name: &str, server: &str) -> Result<Option<Credentials>, Error
     Ok(Some(Credentials::new(answer.username, answer.secret)))
 }
 
-/// Where the docker config is looked for when the options name none.
-pub(crate) fn default_docker_config() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("config.json"));
-    }
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|home| PathBuf::from(home).join(".docker").join("config.json"))
-}
-
 #[derive(serde::Deserialize)]
 struct DockerConfig {
     #[serde(default)]
@@ -132,7 +122,21 @@ struct DockerAuth {
     identitytoken: Option<String>,
 }
 
-/// The keys under `auths` that may hold credentials for `host` (docker writes several spellings).
+/// The keys under `auths` that may hold credentials for `repository` on `host`, most specific
+/// first: `host/a/b/c`, `host/a/b`, `host/a` (containers-auth.json(5) namespace keys), then the
+/// host in the spellings docker writes.
+fn auths_keys(host: &str, repository: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut namespace = repository.trim_matches('/');
+    while !namespace.is_empty() {
+        keys.push(format!("{host}/{namespace}"));
+        namespace = namespace.rsplit_once('/').map_or("", |(parent, _)| parent);
+    }
+    keys.extend(config_keys(host));
+    keys
+}
+
+/// The keys that may name `host` itself (docker writes several spellings).
 fn config_keys(host: &str) -> Vec<String> {
     let mut keys = vec![
         host.to_owned(),
@@ -157,14 +161,17 @@ fn config_keys(host: &str) -> Vec<String> {
     keys
 }
 
-/// Credentials for `host` from a docker `config.json`; a missing file means none.
+/// Credentials for `repository` on `host` from a docker `config.json` or a containers
+/// `auth.json` (one format); a missing file means none.
 ///
 /// As docker does: a `credHelpers` entry for the host runs that helper (its answer is final);
 /// else `credsStore` runs that helper; when it has nothing (or there is no helper), the inline
-/// `auths` entry is used (`auth`, `username`/`password`, or `identitytoken`).
+/// `auths` entry is used (`auth`, `username`/`password`, or `identitytoken`), the most specific
+/// key first ([`auths_keys`]).
 pub(crate) fn docker_config_credentials(
     path: &Path,
     host: &str,
+    repository: &str,
 ) -> Result<Option<Credentials>, Error> {
     let text = match std::fs::read(path) {
         Ok(text) => text,
@@ -191,7 +198,7 @@ pub(crate) fn docker_config_credentials(
             return Ok(Some(found));
         }
     }
-    for key in keys {
+    for key in auths_keys(host, repository) {
         let Some(entry) = config.auths.get(&key) else {
             continue;
         };
@@ -225,7 +232,7 @@ mod tests {
     fn docker_config_lookup() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
-        assert_eq!(docker_config_credentials(&path, "x").unwrap(), None);
+        assert_eq!(docker_config_credentials(&path, "x", "r").unwrap(), None);
         std::fs::write(
             &path,
             r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dXNlcjpwYXNz"},
@@ -233,19 +240,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            docker_config_credentials(&path, "docker.io").unwrap(),
+            docker_config_credentials(&path, "docker.io", "library/alpine").unwrap(),
             Some(Credentials::new("user", "pass"))
         );
         assert_eq!(
-            docker_config_credentials(&path, "127.0.0.1:5000").unwrap(),
+            docker_config_credentials(&path, "127.0.0.1:5000", "a/b").unwrap(),
             Some(Credentials::new("a", "b:c"))
         );
-        assert_eq!(docker_config_credentials(&path, "quay.io").unwrap(), None);
+        assert_eq!(docker_config_credentials(&path, "quay.io", "a").unwrap(), None);
         std::fs::write(&path, r#"{"auths":{"q":{"auth":"!!"}}}"#).unwrap();
         assert!(matches!(
-            docker_config_credentials(&path, "q"),
+            docker_config_credentials(&path, "q", "r"),
             Err(Error::BadDockerConfig { .. })
         ));
+    }
+
+    #[test]
+    fn the_most_specific_namespace_key_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.json");
+        // u1:p1, u2:p2, u3:p3
+        std::fs::write(
+            &path,
+            r#"{"auths":{"reg.lan":{"auth":"dTE6cDE="},"reg.lan/team":{"auth":"dTI6cDI="},
+                "reg.lan/team/app":{"auth":"dTM6cDM="}}}"#,
+        )
+        .unwrap();
+        let creds = |repository| docker_config_credentials(&path, "reg.lan", repository).unwrap();
+        assert_eq!(creds("team/app"), Some(Credentials::new("u3", "p3")));
+        assert_eq!(creds("team/app/sub"), Some(Credentials::new("u3", "p3")));
+        assert_eq!(creds("team/other"), Some(Credentials::new("u2", "p2")));
+        assert_eq!(creds("team"), Some(Credentials::new("u2", "p2")));
+        assert_eq!(creds("teamx/app"), Some(Credentials::new("u1", "p1")));
+        assert_eq!(
+            docker_config_credentials(&path, "other.lan", "team/app").unwrap(),
+            None
+        );
     }
 
     #[test]
