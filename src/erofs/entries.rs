@@ -12,7 +12,7 @@ use tar::EntryType;
 
 use super::data::{DataArea, FileBuilder, MAX_FILE_SIZE};
 use super::format::{self, NAME_LEN, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG};
-use super::sparse::{self, SparseHeaders};
+use super::sparse::{self, parse_u64, read_some, SparseHeaders};
 use super::tree::{lossy, Attrs, Body, Inode, Tree, ROOT};
 use super::{Error, Options, Report};
 
@@ -441,24 +441,6 @@ impl<R: Read> Read for Counted<'_, R> {
         self.n += n as u64;
         Ok(n)
     }
-}
-
-/// `read`, retried on `Interrupted`.
-pub(crate) fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match r.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => return other,
-        }
-    }
-}
-
-/// A decimal `u64` (PAX numbers), nothing else.
-pub(crate) fn parse_u64(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// A PAX time, `[-]seconds[.fraction]`, as seconds and nanoseconds (`-1.5` → `(-2, 500000000)`).

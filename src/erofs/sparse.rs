@@ -10,7 +10,6 @@
 
 use std::io::Read;
 
-use super::entries::{parse_u64, read_some};
 use super::Error;
 
 /// The `GNU.sparse.*` records of one entry.
@@ -186,4 +185,22 @@ impl<R: Read> LineReader<'_, R> {
             reason: "malformed number in the sparse map",
         })
     }
+}
+
+/// `read`, retried on `Interrupted`.
+pub(crate) fn read_some(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// A decimal `u64` (PAX numbers), nothing else.
+pub(crate) fn parse_u64(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }

@@ -9,7 +9,7 @@ use crate::layout::Kind;
 
 use crate::layout::Role;
 
-use super::resolve::ImageEntry;
+use super::snapshot::ImageEntry;
 use super::snapshot::{BlobInfo, Found, ImageInfo};
 use super::{file_size, Error, Store};
 

@@ -16,7 +16,6 @@ mod cloud_pull;
 mod config;
 mod gc;
 mod import;
-mod native;
 mod oci;
 mod oci_chain;
 mod oci_layer;

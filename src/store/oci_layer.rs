@@ -323,7 +323,7 @@ impl Store {
     }
 
     /// An EROFS-native layer: downloaded whole (digest-verified), checked, its boot files read
-    /// out, and kept as it is (`super::native`).
+    /// out, and kept as it is (`adopt_native`).
     fn fetch_native(
         &self,
         layer: &Layer<'_>,
@@ -347,7 +347,7 @@ impl Store {
             |n| progress(n.saturating_sub(last.swap(n, Ordering::Relaxed))),
         )?;
         let (image, boot) = outputs(&work);
-        super::native::adopt(layer, fetched.path(), &image, &boot)?;
+        adopt_native(layer, fetched.path(), &image, &boot)?;
         Ok(work)
     }
 
@@ -422,4 +422,30 @@ fn check_blob(label: &str, want: (Digest, u64), got: (Digest, u64)) -> Result<()
         .into());
     }
     Ok(())
+}
+
+/// The pull path's one step for EROFS-native layers (`application/vnd.erofs.layer.v1`): check
+/// the fetched (digest-verified) layer and read its boot files out, then store it as it is
+/// instead of converting it (docs/design.md, "EROFS-native layers").
+///
+/// If `layer` is EROFS-native, check `src` (its fetched bytes), write its boot files under
+/// `boot`, move it to `blob` and return true; otherwise return false and touch nothing.
+fn adopt_native(
+    layer: &Layer<'_>,
+    src: &std::path::Path,
+    blob: &std::path::Path,
+    boot: &std::path::Path,
+) -> Result<bool, Error> {
+    let LayerFrom::Registry { desc, .. } = &layer.from else {
+        return Ok(false);
+    };
+    if desc.media_type != native::MEDIA_TYPE {
+        return Ok(false);
+    }
+    native::check_layer(src, boot).map_err(|source| Error::NativeLayer {
+        source_name: format!("layer {}", layer.digest),
+        source,
+    })?;
+    crate::fsutil::rename_noclobber(src, blob)?;
+    Ok(true)
 }

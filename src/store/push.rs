@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::Digest as _;
 
-use super::resolve::ImageEntry;
+use super::snapshot::ImageEntry;
 use super::{Error, Kind, Store};
 use crate::backend::oci::registry::artifact::{DiskFormat, OS_IMAGE, TITLE};
 use crate::backend::oci::registry::manifest::OCI_MANIFEST;

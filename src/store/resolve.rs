@@ -10,24 +10,15 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::index::cache::{self, Cache};
-use crate::index::{CloudEntry, OciEntry};
 use crate::layout::Kind;
 
-use super::snapshot::{canonical_of, Found, Snapshot};
+use super::snapshot::{canonical_of, Found, ImageEntry, Snapshot};
 use super::{Error, Store};
 
 /// The open caches of one store, reused while their index files do not change.
 #[derive(Default)]
 pub(super) struct Caches {
     slots: [Mutex<Option<Arc<Cache>>>; 2],
-}
-
-/// The entry a query resolved to, owned. (One per query and short-lived, so the size
-/// difference between the variants does not matter.)
-#[allow(clippy::large_enum_variant)]
-pub(super) enum ImageEntry {
-    Oci(OciEntry),
-    Cloud(CloudEntry),
 }
 
 /// A backend's cache for a lookup: fresh, or the index file is absent (empty backend).

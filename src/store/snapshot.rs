@@ -10,8 +10,15 @@ use crate::layout::{BackendLayout, Kind, Role};
 use crate::lookup::{Item, Lookup};
 use crate::reference::Reference;
 
-use super::resolve::ImageEntry;
 use super::{Error, Store};
+
+/// The entry a query resolved to, owned. (One per query and short-lived, so the size
+/// difference between the variants does not matter.)
+#[allow(clippy::large_enum_variant)]
+pub(super) enum ImageEntry {
+    Oci(OciEntry),
+    Cloud(CloudEntry),
+}
 
 /// One row of [`Store::list`]: an index key.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

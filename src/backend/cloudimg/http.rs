@@ -8,6 +8,9 @@ use ureq::ResponseExt;
 
 use super::{Error, Limits, MAX_REDIRECTS};
 
+/// Most connections one download opens (the client keeps as many idle for reuse).
+pub const MAX_CONNECTIONS: usize = 16;
+
 /// An open download: the body of a 200 response, read through the cap and length checks.
 ///
 /// `Read` fails with an `io::Error` that carries an [`Error`] ([`Error::TooLarge`],
@@ -173,7 +176,7 @@ fn agent(limits: &Limits, https: bool) -> ureq::Agent {
         .http_status_as_error(false)
         .max_redirects(MAX_REDIRECTS)
         // A ranged download keeps one connection per worker alive between its ranges.
-        .max_idle_connections_per_host(super::download::MAX_CONNECTIONS)
+        .max_idle_connections_per_host(MAX_CONNECTIONS)
         // Bodies are copied out of this buffer: 1 MiB (default 128 KiB) means 8x fewer
         // receive calls and passes through the body reader per GiB.
         .input_buffer_size(1 << 20)

@@ -33,6 +33,7 @@ pub mod artifact;
 mod auth;
 mod authfile;
 mod blob;
+mod credentials;
 mod credhelper;
 pub mod push;
 pub(crate) mod manifest;
@@ -51,7 +52,7 @@ use parking_lot::Mutex;
 
 use crate::digest::{Algorithm, Digest};
 
-pub use auth::Credentials;
+pub use credentials::Credentials;
 pub(crate) use blob::Hasher;
 pub use manifest::{Descriptor, Manifest, Platform};
 pub use mirrors::{Registries, RegistriesConf};

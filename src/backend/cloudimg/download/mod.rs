@@ -30,8 +30,7 @@ use resume::{RangeSet, Record, Tracker};
 
 pub use resume::checkpoint_all;
 
-/// Most connections one download opens.
-pub const MAX_CONNECTIONS: usize = 16;
+pub use super::http::MAX_CONNECTIONS;
 /// Connections per download unless told otherwise.
 pub const DEFAULT_CONNECTIONS: usize = 4;
 /// Bytes the probe asks for: enough to tell the format, little to waste when the server turns

@@ -13,7 +13,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::auth::Credentials;
+use super::credentials::Credentials;
 use super::credhelper::docker_config_credentials;
 use super::Error;
 

@@ -13,14 +13,12 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::auth::{base64_decode, Credentials};
+use super::credentials::{base64_decode, Credentials, IDENTITY_TOKEN_USER};
 use super::Error;
 
 /// What a helper prints (exit 1) for a server it has nothing for.
 const NOT_FOUND: &str = "credentials not found in native keychain";
 
-/// The user name a helper answers with when the secret is an identity token.
-pub(crate) const IDENTITY_TOKEN_USER: &str = "<token>";
 
 #[derive(serde::Deserialize)]
 struct HelperAnswer {

@@ -26,7 +26,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use self::dropin::{Sources, SYSTEM_DIR};
-use super::transport::host_without_port;
 use super::Error;
 
 /// Where a client's containers-registries.conf comes from.
@@ -467,5 +466,18 @@ fn split_name(full: &str) -> Option<(&str, &str, &str)> {
 }
 
 mod dropin;
+/// `host` without its `:port` (an IPv6 literal keeps its brackets).
+pub(super) fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..=h.len()]);
+    }
+    match host.split_once(':') {
+        Some((name, port)) if !port.contains(':') => name,
+        _ => host,
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use super::mirrors::Endpoint;
+use super::mirrors::{host_without_port, Endpoint};
 use super::{Client, Error};
 
 /// One repository on one registry, with the URL base to reach it.
@@ -48,18 +48,6 @@ pub(super) fn is_loopback(host: &str) -> bool {
     };
     name.eq_ignore_ascii_case("localhost")
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-pub(super) fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split_once(']')
-            .map_or(host, |(h, _)| &host[..=h.len()]);
-    }
-    match host.split_once(':') {
-        Some((name, port)) if !port.contains(':') => name,
-        _ => host,
-    }
 }
 
 pub(super) fn backoff(attempt: u32) -> Duration {
