@@ -238,6 +238,13 @@ impl BackendLayout {
     }
 }
 
+/// The user's configuration directory, `$XDG_CONFIG_HOME`, else `$HOME/.config` (an empty
+/// variable counts as unset), with the environment read through `env`.
+pub(crate) fn user_config_dir(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("XDG_CONFIG_HOME").or_else(|| var("HOME").map(|h| h.join(".config")))
+}
+
 /// The default store root: `$IMGSTORE_ROOT`, else `/var/lib/imgstore` for root, else
 /// `$XDG_DATA_HOME/imgstore` or `~/.local/share/imgstore`.
 #[must_use]

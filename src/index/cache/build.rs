@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::format::{
     self, alg_code, bucket_of, str_hash, Header, Sec, Source, Time, BODY_START, BUCKET_LEN,
-    HEADER_LEN, IMAGE_LEN, MAX_BUCKET_BITS, PAYLOAD, PREFIX_LEN, REC_FIXED, SECTIONS,
+    IMAGE_LEN, MAX_BUCKET_BITS, PAYLOAD, PREFIX_LEN, REC_FIXED, SECTIONS,
 };
 use super::Error;
 use crate::error::IoError;
@@ -318,7 +318,7 @@ fn encode(
     body.secs[Sec::Strings as usize] = std::mem::take(&mut body.strings);
 
     let (body_bytes, sections) = lay_out(&body.secs);
-    let mut header = Header {
+    let header = Header {
         kind: match origin.kind {
             Kind::Oci => 0,
             Kind::CloudImg => 1,
@@ -337,9 +337,8 @@ fn encode(
         seed: 0,
     };
     let mut out = vec![0u8; BODY_START];
-    header.encode(&mut out);
-    header.seed = Header::seed_of(&out[..HEADER_LEN]);
-    format::seal_body(&mut out, &body_bytes, header.seed);
+    let seed = header.encode(&mut out);
+    format::seal_body(&mut out, &body_bytes, seed);
     debug_assert_eq!(Some(out.len() as u64), format::file_len(header.body_len));
     Ok(out)
 }

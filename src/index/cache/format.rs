@@ -143,8 +143,8 @@ pub struct Header {
     pub sections: [(u64, u64); SECTIONS],
     /// Length of the body (before the last block's zero padding).
     pub body_len: u64,
-    /// Seed of the block checksums: the low 64 bits of the header checksum (set by decode
-    /// and encode).
+    /// Seed of the block checksums: the low 64 bits of the header checksum (derived when the
+    /// header is decoded; [`Header::encode`] returns it and ignores this field).
     pub seed: u64,
 }
 
@@ -304,8 +304,9 @@ pub fn token_of(head: &[u8]) -> Option<[u8; 16]> {
 }
 
 impl Header {
-    /// Encode into the first `HEADER_LEN` bytes of `out`, computing the header checksum.
-    pub fn encode(&self, out: &mut [u8]) {
+    /// Encode into the first `HEADER_LEN` bytes of `out`, computing the header checksum; returns
+    /// the block-checksum seed that checksum gives.
+    pub fn encode(&self, out: &mut [u8]) -> u64 {
         let h = &mut out[..HEADER_LEN];
         h.fill(0);
         let mut put = |off: usize, b: &[u8]| h[off..off + b.len()].copy_from_slice(b);
@@ -352,6 +353,7 @@ impl Header {
         put(at::BODY_LEN, &self.body_len.to_le_bytes());
         let hs = sum(&h[..at::HEADER_SUM]);
         h[at::HEADER_SUM..].copy_from_slice(&hs);
+        Self::seed_of(h)
     }
 
     /// The block-checksum seed of an encoded header: the low 64 bits of its checksum.

@@ -33,7 +33,7 @@ pub(crate) fn auth_files(env: impl Fn(&str) -> Option<OsString>, uid: u32) -> Ve
     } else {
         files.push(PathBuf::from(format!("/run/containers/{uid}/auth.json")));
     }
-    if let Some(config) = non_empty(&env, "XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config"))) {
+    if let Some(config) = crate::layout::user_config_dir(&env) {
         files.push(config.join("containers/auth.json"));
     }
     if let Some(dir) = non_empty(&env, "DOCKER_CONFIG") {

@@ -54,11 +54,8 @@ impl Sources {
                 dirs: Vec::new(),
             },
             RegistriesConf::Search => {
-                let env = |k| env(k).filter(|v| !v.is_empty());
-                let user = env("XDG_CONFIG_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")))
-                    .map(|d| d.join("containers"));
+                let env = |k: &str| env(k).filter(|v| !v.is_empty());
+                let user = crate::layout::user_config_dir(env).map(|d| d.join("containers"));
                 let user_dir = user.as_ref().map(|u| u.join("registries.conf.d"));
                 let both = |main| Self {
                     main,
